@@ -1,0 +1,56 @@
+"""
+The control port (SPEC §5): lines in; JSON replies, one object per line, out.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from sseserver.commands import CONTROL
+from sseserver.dispatch import Dispatcher
+from sseserver.framing import LineSplitter
+from sseserver.verbosity import Verbosity
+
+
+def encode_reply(reply: dict) -> bytes:
+    return json.dumps(reply).encode("ascii") + b"\n"
+
+
+class ControlProtocol(Protocol):
+    log = Logger(namespace="sseserver.control")
+
+    def connectionMade(self) -> None:
+        self._lines = LineSplitter()
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        if self.factory.verbosity.normal:
+            self.log.info("control connection from {peer}", peer=self.peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._handle(self._lines.feed(data))
+
+    def connectionLost(self, reason) -> None:
+        # A last line without a newline counts when the writer closes (SPEC §5.1).
+        self._handle(self._lines.close())
+        if self.factory.verbosity.normal:
+            self.log.info("control connection from {peer} closed", peer=self.peer)
+
+    def _handle(self, lines: list) -> None:
+        dispatcher: Dispatcher = self.factory.dispatcher
+        replies = []
+        for line in lines:
+            replies.extend(dispatcher.line(line, CONTROL, self.peer))
+        if replies:
+            self.transport.write(b"".join(encode_reply(r) for r in replies))
+
+
+class ControlFactory(Factory):
+    protocol = ControlProtocol
+    noisy = False
+
+    def __init__(self, dispatcher: Dispatcher, verbosity: Verbosity):
+        self.dispatcher = dispatcher
+        self.verbosity = verbosity

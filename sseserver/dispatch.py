@@ -1,0 +1,73 @@
+"""
+Turns what the inputs (control port, FIFO, HTTP) received into published events and
+command runs, and their outcome into replies.  The inputs only frame bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.logger import Logger
+
+from sseserver.commands import Commands
+from sseserver.framing import TooLong
+from sseserver.grammar import (
+    MAX_LINE_BYTES,
+    SSE_SERVER,
+    Command,
+    ProtocolError,
+    parse_line,
+)
+from sseserver.hub import Hub
+from sseserver.verbosity import Verbosity
+
+
+class Dispatcher:
+    log = Logger(namespace="sseserver.input")
+
+    def __init__(
+        self,
+        hub: Hub,
+        commands: Commands,
+        verbosity: Verbosity,
+        dialect: str = SSE_SERVER,
+        separator: Optional[str] = None,
+    ):
+        self.hub = hub
+        self.commands = commands
+        self.verbosity = verbosity
+        self.dialect = dialect
+        self.separator = separator
+
+    def line(self, line, source: str, sender: str = "") -> list:
+        """
+        Handle one line (bytes, or a L{TooLong}) from C{source}; return the JSON
+        replies for the sender: a C{tcp...} result or one C{{"error": ...}}.
+        """
+        try:
+            if isinstance(line, TooLong):
+                raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+            items = parse_line(line, self.dialect, self.separator)
+            return [reply for reply in self.run(items, source) if reply is not None]
+        except ProtocolError as error:
+            return [self.refused(error, source, sender)]
+
+    def run(self, items, source: str) -> list:
+        """Publish the messages and run the commands, in order."""
+        replies = []
+        for item in items:
+            if isinstance(item, Command):
+                replies.append(self.commands.run(item, source))
+            else:
+                self.hub.publish(item)
+        return replies
+
+    def refused(self, error: ProtocolError, source: str, sender: str = "") -> dict:
+        if self.verbosity.normal:
+            self.log.warn(
+            "{source}{sender}: rejected: {reason}",
+            source=source,
+            sender=f" {sender}" if sender else "",
+            reason=str(error),
+        )
+        return {"error": str(error)}

@@ -1,0 +1,167 @@
+"""
+The subscription registry shared by every input: subscribers by channel,
+all-channel subscribers, client ids, and the counts the commands report.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import chain
+from typing import Callable, Iterable, Optional
+
+from sseserver.event import HEARTBEAT, HEARTBEAT_CHUNK, Event
+from sseserver.grammar import Target
+
+
+class Subscriber:
+    """
+    One open SSE response, kept small: its channels, client id and stats, and the
+    transport's C{write}.  Frames go straight to the transport, already chunked
+    when the response is (the encoding is shared by all subscribers; see
+    L{sseserver.event.Event.chunk}), instead of through C{Request.write}, which
+    would re-frame every event for every subscriber.
+    """
+
+    __slots__ = (
+        "number",
+        "channels",
+        "all_channels",
+        "client_id",
+        "peer",
+        "agent",
+        "ssl",
+        "connected_at",
+        "handshaked_at",
+        "messages",
+        "errors",
+        "written",
+        "chunked",
+        "request",
+        "_write",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        channels: tuple,
+        all_channels: bool,
+        client_id: Optional[str],
+        write: Callable[[bytes], object],
+        chunked: bool,
+        peer: str = "",
+        agent: str = "",
+        ssl: bool = False,
+        connected_at: float = 0.0,
+        handshaked_at: float = 0.0,
+        request: object = None,
+    ):
+        self.number = number
+        self.channels = channels
+        self.all_channels = all_channels
+        self.client_id = client_id
+        self._write = write
+        self.chunked = chunked
+        self.peer = peer
+        self.agent = agent
+        self.ssl = ssl
+        self.connected_at = connected_at
+        self.handshaked_at = handshaked_at
+        self.request = request
+        self.messages = 0
+        self.errors = 0
+        self.written = False
+
+    def send(self, event: Event) -> None:
+        self._write(event.chunk if self.chunked else event.wire)
+        self.messages += 1
+        self.written = True
+
+    def heartbeat(self) -> None:
+        """Send a comment unless something was written since the last call."""
+        if not self.written:
+            self._write(HEARTBEAT_CHUNK if self.chunked else HEARTBEAT)
+        self.written = False
+
+
+class Registry:
+    """
+    Who is subscribed to what.  L{match} returns each subscriber at most once and
+    touches only the subscribers it returns (plus, for C{prefix*} targets, the
+    channel names).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.started_at = clock()
+        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._all_channels: set[Subscriber] = set()
+        self._everyone: set[Subscriber] = set()
+        #: Open connections on the SSE port(s), subscribers or not (C{allconncli}).
+        self.connections = 0
+        #: Highest number of subscribers seen (C{maxconncli}).
+        self.max_subscribers = 0
+        #: Subscribers ever accepted ("Total client handshaked").
+        self.handshaked = 0
+        self._next_number = 0
+
+    def next_number(self) -> int:
+        """An internal connection number, as hasses shows in C{clientlist}."""
+        self._next_number += 1
+        return self._next_number
+
+    def __len__(self) -> int:
+        return len(self._everyone)
+
+    def __iter__(self):
+        return iter(sorted(self._everyone, key=lambda s: s.number))
+
+    def add(self, subscriber: Subscriber) -> None:
+        self._everyone.add(subscriber)
+        if subscriber.all_channels:
+            self._all_channels.add(subscriber)
+        for channel in subscriber.channels:
+            self._by_channel.setdefault(channel, set()).add(subscriber)
+        self.handshaked += 1
+        self.max_subscribers = max(self.max_subscribers, len(self._everyone))
+
+    def remove(self, subscriber: Subscriber) -> bool:
+        """Forget a subscriber; C{False} if it was already gone."""
+        if subscriber not in self._everyone:
+            return False
+        self._everyone.discard(subscriber)
+        self._all_channels.discard(subscriber)
+        for channel in subscriber.channels:
+            members = self._by_channel.get(channel)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del self._by_channel[channel]
+        return True
+
+    def count_channel(self, channel: str) -> int:
+        """Subscribers holding exactly this channel (all-channel ones not counted)."""
+        return len(self._by_channel.get(channel, ()))
+
+    def match(self, target: Target) -> list:
+        """The subscribers an event to C{target} reaches, each once (SPEC §4)."""
+        if target.everyone:
+            reached: Iterable[Subscriber] = self._everyone
+        elif len(target.channels) == 1 and not target.prefixes:
+            # All-channel subscribers hold no channel, so the two sets are disjoint.
+            (channel,) = target.channels
+            reached = chain(self._by_channel.get(channel, ()), self._all_channels)
+        else:
+            channels = set(target.channels)
+            for prefix in target.prefixes:
+                channels.update(c for c in self._by_channel if c.startswith(prefix))
+            found: set[Subscriber] = set()
+            for channel in channels:
+                found.update(self._by_channel.get(channel, ()))
+            reached = chain(found, self._all_channels)
+        if target.exclude is not None:
+            return [s for s in reached if s.client_id != target.exclude]
+        return list(reached)
+
+    def heartbeat(self) -> None:
+        for subscriber in list(self._everyone):
+            subscriber.heartbeat()

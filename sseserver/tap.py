@@ -1,0 +1,324 @@
+"""
+C{twistd sseserver}: command-line options and the service tree (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import os
+import resource as rlimit
+import shlex
+import sys
+import time
+from typing import Optional
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from sseserver.commands import Commands, ServerState
+from sseserver.control import ControlFactory
+from sseserver.dispatch import Dispatcher
+from sseserver.fifo import FifoReader, check_fifo_path
+from sseserver.grammar import DIALECTS, HASSES
+from sseserver.hub import Hub
+from sseserver.registry import Registry
+from sseserver.verbosity import LEVEL_NAMES, Verbosity
+from sseserver.web import SSEResource, SSESite, address_text
+
+DEFAULT_PORT = "tcp:8080"
+DEFAULT_CONTROL = "tcp:8085:interface=127.0.0.1"
+
+log = Logger(namespace="sseserver")
+
+
+def _number(option: str, text: str, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{option}: not a number: {text!r}") from None
+    if value < minimum:
+        raise usage.UsageError(f"--{option}: must be at least {minimum}: {text!r}")
+    return value
+
+
+def _check_endpoint(option: str, description: str) -> str:
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as error:  # the parser raises several types
+        raise usage.UsageError(
+            f"--{option}: bad endpoint {description!r}: {error}"
+        ) from None
+    return description
+
+
+def read_config(path: str) -> list:
+    """A config file: one option per line as on the command line; # comments."""
+    try:
+        with open(path, encoding="utf-8") as config:
+            lines = config.read().splitlines()
+    except OSError as error:
+        raise usage.UsageError(f"--config: {error.strerror}: {path!r}") from None
+    args = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            args.extend(shlex.split(line))
+    return args
+
+
+def _given(args: list) -> set:
+    """The long option names present in an argument list."""
+    return {a[2:].split("=", 1)[0] for a in args if a.startswith("--") and len(a) > 2}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A Server-Sent Events notification server, a drop-in replacement for "
+        "hasses and SSE-Server.  Browsers subscribe on --port; backends publish "
+        "through --control, --fifo or (with --http-publish) HTTP."
+    )
+
+    optFlags = [
+        ["http-publish", None, "Allow publishing with HTTP GET queries on --port."],
+        ["allow-commands", None, "Accept halt on the control port and HTTP commands."],
+        ["no-demo", None, "Do not serve the demo page at /."],
+    ]
+    optParameters = [
+        ["prefix", None, "/sse", "URL path of subscriptions and HTTP publishing."],
+        ["dialect", None, "sse-server", "Control line dialect: sse-server or hasses."],
+        ["separator", None, None, "Also split control lines at this character."],
+        ["fifo", None, None, "Named pipe accepting control lines."],
+        ["publish-token", None, None, "Secret required for HTTP publishing."],
+        ["heartbeat", None, "15", "Seconds between heartbeats to idle streams; 0: off."],
+        ["retry", None, None, "Send 'retry: MS' at the start of each stream."],
+        ["max-clients", None, "0", "Open subscribers allowed (0: no limit)."],
+        ["loglevel", None, "normal", "Start-up log level: quiet, normal or debug."],
+        ["config", None, None, "Read options from FILE; the command line wins."],
+    ]
+
+    _lists = {"port": [DEFAULT_PORT], "control": [DEFAULT_CONTROL], "cors-origin": ["*"]}
+
+    def __init__(self):
+        super().__init__()
+        for name in self._lists:
+            self[name] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        """Where browsers connect: a Twisted endpoint string (repeatable)."""
+        self["port"].append(endpoint)
+
+    def opt_control(self, endpoint: str) -> None:
+        """Control port endpoint (repeatable); 'none' disables it."""
+        self["control"].append(endpoint)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Allowed browser origin (repeatable); default '*'."""
+        self["cors-origin"].append(origin)
+
+    def parseOptions(self, options: Optional[list] = None) -> None:
+        args = sys.argv[1:] if options is None else list(options)
+        config = Options._config_path(args)
+        if config is not None:
+            from_file = read_config(config)
+            given = _given(args)
+            # The command line wins: drop what the file says about options it sets.
+            kept = []
+            for arg in Options._pairs(from_file):
+                if _given([arg[0]]) & given:
+                    continue
+                kept.extend(arg)
+            args = kept + args
+        super().parseOptions(args)
+
+    @staticmethod
+    def _config_path(args: list) -> Optional[str]:
+        path = None
+        for index, arg in enumerate(args):
+            if arg == "--config" and index + 1 < len(args):
+                path = args[index + 1]
+            elif arg.startswith("--config="):
+                path = arg.split("=", 1)[1]
+        return path
+
+    @staticmethod
+    def _pairs(args: list) -> list:
+        """Group a config file's arguments as [option, value?] lists."""
+        flags = {"--" + flag[0] for flag in Options.optFlags}
+        pairs, index = [], 0
+        while index < len(args):
+            arg = args[index]
+            if arg in flags or "=" in arg or not arg.startswith("--"):
+                pairs.append([arg])
+                index += 1
+            else:
+                pairs.append(args[index : index + 2])
+                index += 2
+        return pairs
+
+    def postOptions(self) -> None:
+        for name, default in self._lists.items():
+            if not self[name]:
+                self[name] = list(default)
+        if "none" in self["control"]:
+            self["control"] = []
+        for endpoint in self["port"]:
+            _check_endpoint("port", endpoint)
+        for endpoint in self["control"]:
+            _check_endpoint("control", endpoint)
+        if not self["prefix"].startswith("/"):
+            raise usage.UsageError(f"--prefix: must start with '/': {self['prefix']!r}")
+        if self["dialect"] not in DIALECTS:
+            raise usage.UsageError(
+                f"--dialect: not one of {', '.join(DIALECTS)}: {self['dialect']!r}"
+            )
+        if self["separator"] is None and self["dialect"] == HASSES:
+            self["separator"] = ";"
+        separator = self["separator"]
+        if separator is not None and (len(separator) != 1 or separator in "= \t"):
+            raise usage.UsageError(f"--separator: not one character: {separator!r}")
+        if self["loglevel"] not in LEVEL_NAMES:
+            raise usage.UsageError(
+                f"--loglevel: not one of {', '.join(LEVEL_NAMES)}: {self['loglevel']!r}"
+            )
+        self["heartbeat"] = _number("heartbeat", self["heartbeat"])
+        self["max-clients"] = _number("max-clients", self["max-clients"])
+        if self["retry"] is not None:
+            self["retry"] = _number("retry", self["retry"])
+        if self["fifo"] is not None:
+            try:
+                check_fifo_path(self["fifo"])
+            except ValueError as error:
+                raise usage.UsageError(f"--fifo: {error}") from None
+
+
+def stream_mode(ports: list) -> str:
+    """The C{mode} of C{tcpstatus}: which kinds the SSE listeners are."""
+    secure = {p.split(":", 1)[0] in ("ssl", "tls") for p in ports}
+    if secure == {True}:
+        return "SSL encrypted (https)"
+    if secure == {False}:
+        return "unencrypted (http)"
+    return "mixed"
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft file-descriptor limit to the hard one (SPEC §1)."""
+    soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
+    if hard != rlimit.RLIM_INFINITY and soft < hard:
+        rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (hard, hard))
+        log.info("file descriptor limit raised from {soft} to {hard}", soft=soft, hard=hard)
+
+
+class ListeningService(Service):
+    """
+    Listen on one endpoint while running and log the address actually bound.  A
+    failure to listen at start-up stops twistd with a one-line error.
+    """
+
+    def __init__(self, kind: str, description: str, endpoint, factory):
+        self.kind = kind
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        outcome = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise SystemExit(
+                f"sseserver: cannot listen on {self.description!r} ({self.kind}): "
+                f"{outcome[0].getErrorMessage()}"
+            )
+        self.port = outcome[0]
+        log.info(
+            "{kind} listening on {address}",
+            kind=self.kind,
+            address=address_text(self.port.getHost()),
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class StreamsService(Service):
+    """Ends every stream cleanly (final chunk, close) when the server stops."""
+
+    def __init__(self, sites: list):
+        self.sites = sites
+
+    def stopService(self):
+        from twisted.internet.defer import gatherResults
+
+        super().stopService()
+        return gatherResults([site.end_all_streams() for site in self.sites])
+
+
+def makeService(config: Options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    raise_fd_limit()
+    verbosity = Verbosity.named(config["loglevel"])
+    registry = Registry(clock=reactor.seconds)
+    hub = Hub(registry, verbosity, clock=time.time)
+
+    def halt() -> None:
+        if reactor.running:
+            reactor.callLater(0, reactor.stop)
+
+    state = ServerState(
+        mode=stream_mode(config["port"]),
+        cors_origins=tuple(config["cors-origin"]),
+        allow_commands=config["allow-commands"],
+        halt=halt,
+    )
+    commands = Commands(registry, hub, verbosity, state)
+    dispatcher = Dispatcher(
+        hub, commands, verbosity, config["dialect"], config["separator"]
+    )
+    resource = SSEResource(
+        registry,
+        dispatcher,
+        verbosity,
+        prefix=config["prefix"],
+        cors_origins=tuple(config["cors-origin"]),
+        http_publish=config["http-publish"],
+        publish_token=config["publish-token"],
+        allow_commands=config["allow-commands"],
+        demo=not config["no-demo"],
+        retry=config["retry"],
+        max_clients=config["max-clients"],
+    )
+
+    service = MultiService()
+    sites = [SSESite(resource) for _ in config["port"]]
+    # Added first, so stopped last: streams end after the listeners have closed.
+    StreamsService(sites).setServiceParent(service)
+    for description, site in zip(config["port"], sites):
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListeningService("SSE", description, endpoint, site).setServiceParent(service)
+    control = ControlFactory(dispatcher, verbosity)
+    for description in config["control"]:
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListeningService("control", description, endpoint, control).setServiceParent(
+            service
+        )
+    if config["fifo"] is not None:
+        FifoReader(os.path.abspath(config["fifo"]), dispatcher, reactor).setServiceParent(
+            service
+        )
+    if config["heartbeat"]:
+        heartbeat = TimerService(config["heartbeat"], registry.heartbeat)
+        heartbeat.clock = reactor
+        heartbeat.setServiceParent(service)
+    return service

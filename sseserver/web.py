@@ -1,0 +1,312 @@
+"""
+The SSE port: a twisted.web Resource that turns each request into a subscription,
+an HTTP publish (SPEC §5.5), the demo page or an error (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from sseserver import __version__
+from sseserver.commands import HTTP
+from sseserver.demo import demo_page
+from sseserver.dispatch import Dispatcher
+from sseserver.event import OPENING
+from sseserver.grammar import (
+    Command,
+    ProtocolError,
+    Subscription,
+    accepts_event_stream,
+    is_subscription,
+    parse_publish,
+    parse_subscription,
+    percent_decode,
+    route,
+    split_query,
+)
+from sseserver.registry import Registry, Subscriber
+from sseserver.verbosity import Verbosity
+
+SERVER_HEADER = b"sseserver/" + __version__.encode("ascii")
+ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
+PREFLIGHT_HEADERS = b"Cache-Control, Last-Event-ID, X-Requested-With"
+PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization, Content-Type"
+#: Seconds a connection may stay idle before it has sent a whole request.
+REQUEST_TIMEOUT = 60
+#: Seconds a subscriber refused for --max-clients is told to wait.
+RETRY_AFTER = 5
+
+
+def cors_headers(origin: Optional[bytes], allowed: tuple) -> list:
+    """
+    SPEC §2.6: C{*} for everyone by default; with a list, the request's own origin
+    echoed (with credentials) when listed, and no CORS headers otherwise.
+    """
+    if "*" in allowed:
+        return [(b"Access-Control-Allow-Origin", b"*")]
+    if origin is not None and origin.decode("latin-1") in allowed:
+        return [
+            (b"Access-Control-Allow-Origin", origin),
+            (b"Access-Control-Allow-Credentials", b"true"),
+            (b"Vary", b"Origin"),
+        ]
+    return []
+
+
+def printable(text: str, limit: int = 512) -> str:
+    """A header value safe for one log line."""
+    return "".join(c if " " <= c != "\x7f" else "?" for c in text[:limit])
+
+
+def address_text(address) -> str:
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(getattr(address, "name", None) or "unix")
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+class SSEResource(Resource):
+    """Every request on the SSE port comes here; it routes on the raw URI."""
+
+    isLeaf = True
+    log = Logger(namespace="sseserver.web")
+
+    def __init__(
+        self,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        verbosity: Verbosity,
+        prefix: str = "/sse",
+        cors_origins: tuple = ("*",),
+        http_publish: bool = False,
+        publish_token: Optional[str] = None,
+        allow_commands: bool = False,
+        demo: bool = True,
+        retry: Optional[int] = None,
+        max_clients: int = 0,
+    ):
+        super().__init__()
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.verbosity = verbosity
+        self.prefix = prefix.encode("utf-8")
+        self.cors_origins = tuple(cors_origins)
+        self.http_publish = http_publish
+        self.publish_token = publish_token
+        self.allow_commands = allow_commands
+        self.demo_page = demo_page(prefix) if demo else None
+        self.opening = b"retry: %d\n\n" % retry if retry is not None else OPENING
+        self.max_clients = max_clients
+
+    def render(self, request):
+        request.setHeader(b"server", SERVER_HEADER)
+        where = route(request.uri, self.prefix)
+        if where.kind == "root" and self.demo_page and request.method in (b"GET", b"HEAD"):
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return self.demo_page
+        if where.kind != "prefix":
+            return self._text(request, 404, "not found")
+        for name, value in cors_headers(
+            request.getHeader(b"origin"), self.cors_origins
+        ):
+            request.setHeader(name, value)
+        if request.method == b"GET":
+            return self._get(request, where)
+        if request.method == b"HEAD":
+            self._stream_headers(request)
+            request.write(b"")
+            request.finish()
+            return NOT_DONE_YET
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
+        if request.method == b"POST" and not self.http_publish:
+            return self._publish_disabled(request)
+        request.setHeader(b"allow", ALLOWED_METHODS)
+        return self._text(request, 405, "method not allowed")
+
+    # responses
+
+    def _text(self, request, code: int, text: str) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return text.encode("utf-8") + b"\n"
+
+    def _preflight(self, request) -> bytes:
+        request.setResponseCode(204)
+        methods = ALLOWED_METHODS + (b", POST" if self.http_publish else b"")
+        headers = PREFLIGHT_PUBLISH_HEADERS if self.http_publish else PREFLIGHT_HEADERS
+        request.setHeader(b"access-control-allow-methods", methods)
+        request.setHeader(b"access-control-allow-headers", headers)
+        request.setHeader(b"access-control-max-age", b"86400")
+        return b""
+
+    def _publish_disabled(self, request) -> bytes:
+        return self._text(
+            request,
+            403,
+            "HTTP publishing is disabled; start sseserver with --http-publish",
+        )
+
+    def _stream_headers(self, request) -> None:
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        keep_alive = request.clientproto == b"HTTP/1.1"
+        request.setHeader(b"connection", b"keep-alive" if keep_alive else b"close")
+
+    # GET: subscribe or publish
+
+    def _get(self, request, where):
+        try:
+            params = split_query(where.query)
+            accept = accepts_event_stream(request.getHeader(b"accept"))
+            if is_subscription(params, accept):
+                return self._subscribe(request, parse_subscription(where.segments, params))
+            if not self.http_publish:
+                return self._publish_disabled(request)
+            if not self._authorized(request, params):
+                request.setHeader(b"www-authenticate", b'Bearer realm="sseserver"')
+                return self._text(request, 401, "missing or wrong publish token")
+            publish = parse_publish(where.segments, params)
+        except ProtocolError as error:
+            return self._text(request, error.status, str(error))
+        commands = [i for i in publish.items if isinstance(i, Command)]
+        if commands and not self.allow_commands:
+            return self._text(
+                request, 403, "commands need --allow-commands and --http-publish"
+            )
+        try:
+            self.dispatcher.run(publish.items, HTTP)
+        except ProtocolError as error:
+            return self._text(request, error.status, str(error))
+        request.setHeader(b"content-type", b"text/plain")
+        return b"OK\r\n"
+
+    def _authorized(self, request, params: list) -> bool:
+        if self.publish_token is None:
+            return True
+        expected = self.publish_token.encode("utf-8")
+        offered = []
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, credentials = header.partition(b" ")
+        if scheme.lower() == b"bearer":
+            offered.append(credentials.strip())
+        for key, value in params:
+            if value is not None and percent_decode(key, "query") == "token":
+                offered.append(percent_decode(value, "query").encode("utf-8"))
+        return any(hmac.compare_digest(token, expected) for token in offered)
+
+    def _subscribe(self, request, subscription: Subscription):
+        if self.max_clients and len(self.registry) >= self.max_clients:
+            request.setHeader(b"retry-after", b"%d" % RETRY_AFTER)
+            if self.verbosity.normal:
+                self.log.warn("refused a subscriber: --max-clients reached")
+            return self._text(request, 503, "too many subscribers, try again later")
+        self._stream_headers(request)
+        request.write(self.opening)
+        channel = request.channel
+        channel.setTimeout(None)  # heartbeats watch an open stream from now on
+        now = self.registry.clock()
+        subscriber = Subscriber(
+            number=channel.number,
+            channels=subscription.channels,
+            all_channels=subscription.all_channels,
+            client_id=subscription.client_id,
+            write=channel.transport.write,
+            chunked=bool(request.chunked),
+            peer=address_text(request.getClientAddress()),
+            agent=printable((request.getHeader(b"user-agent") or b"").decode("latin-1")),
+            ssl=request.isSecure(),
+            connected_at=channel.connected_at,
+            handshaked_at=now,
+            request=request,
+        )
+        self.registry.add(subscriber)
+        request.notifyFinish().addBoth(self._gone, subscriber)
+        if self.verbosity.normal:
+            self.log.info(
+                "subscriber <{number}> {peer} connected: {channels} id={id}",
+                number=subscriber.number,
+                peer=subscriber.peer,
+                channels="*" if subscriber.all_channels else ",".join(subscriber.channels),
+                id=subscriber.client_id or "",
+            )
+        return NOT_DONE_YET
+
+    def _gone(self, reason, subscriber: Subscriber) -> None:
+        if self.registry.remove(subscriber) and self.verbosity.normal:
+            self.log.info(
+                "subscriber <{number}> {peer} disconnected after {messages} messages",
+                number=subscriber.number,
+                peer=subscriber.peer,
+                messages=subscriber.messages,
+            )
+        subscriber.request = None
+
+
+class SSEChannel(HTTPChannel):
+    """Counts open connections (C{allconncli}) and numbers them."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        registry = self.site.registry
+        registry.connections += 1
+        self.number = registry.next_number()
+        self.connected_at = registry.clock()
+        self.site.channels.add(self)
+
+    def connectionLost(self, reason) -> None:
+        self.site.registry.connections -= 1
+        self.site.channel_closed(self)
+        super().connectionLost(reason)
+
+
+class SSESite(Site):
+    """
+    The SSE port's Site: access lines only at the C{normal} log level, and a
+    clean end of every stream (final chunk, then close) when the server stops.
+    """
+
+    protocol = SSEChannel
+    displayTracebacks = False
+    log_ = Logger(namespace="sseserver.access")
+
+    def __init__(self, resource: SSEResource, timeout: float = REQUEST_TIMEOUT):
+        super().__init__(resource, timeout=timeout)
+        self.registry = resource.registry
+        self.verbosity = resource.verbosity
+        self.channels: set = set()
+        self._all_closed: list = []
+
+    def log(self, request) -> None:
+        if self.verbosity.normal:
+            line = self._logFormatter(self._logDateTime, request)
+            self.log_.info("{line}", line=line)
+
+    def channel_closed(self, channel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def end_all_streams(self) -> defer.Deferred:
+        """End every stream with its final chunk, close every connection."""
+        for subscriber in list(self.registry):
+            request = subscriber.request
+            if request is not None and not request.finished:
+                request.finish()
+        for channel in list(self.channels):
+            channel.transport.loseConnection()
+        if not self.channels:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._all_closed.append(d)
+        return d
