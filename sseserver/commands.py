@@ -39,7 +39,7 @@ def clock_text(seconds: float) -> str:
 
 
 class Commands:
-    log = Logger(namespace="sseserver.commands")
+    log = Logger()
 
     def __init__(
         self, registry: Registry, hub: Hub, verbosity: Verbosity, state: ServerState

@@ -20,7 +20,7 @@ def encode_reply(reply: dict) -> bytes:
 
 
 class ControlProtocol(Protocol):
-    log = Logger(namespace="sseserver.control")
+    log = Logger()
 
     def connectionMade(self) -> None:
         self._lines = LineSplitter()

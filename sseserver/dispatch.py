@@ -23,7 +23,7 @@ from sseserver.verbosity import Verbosity
 
 
 class Dispatcher:
-    log = Logger(namespace="sseserver.input")
+    log = Logger()
 
     def __init__(
         self,

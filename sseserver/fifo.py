@@ -74,7 +74,7 @@ class _ReadEnd:
 
 
 class FifoReader(Service):
-    log = Logger(namespace="sseserver.fifo")
+    log = Logger()
 
     def __init__(self, path: str, dispatcher: Dispatcher, reactor):
         self.path = path

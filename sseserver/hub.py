@@ -17,7 +17,7 @@ from sseserver.verbosity import Verbosity
 
 
 class Hub:
-    log = Logger(namespace="sseserver.hub")
+    log = Logger()
 
     def __init__(
         self,

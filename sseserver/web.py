@@ -76,7 +76,7 @@ class SSEResource(Resource):
     """Every request on the SSE port comes here; it routes on the raw URI."""
 
     isLeaf = True
-    log = Logger(namespace="sseserver.web")
+    log = Logger()
 
     def __init__(
         self,
@@ -276,7 +276,7 @@ class SSESite(Site):
 
     protocol = SSEChannel
     displayTracebacks = False
-    log_ = Logger(namespace="sseserver.access")
+    access_log = Logger()
 
     def __init__(self, resource: SSEResource, timeout: float = REQUEST_TIMEOUT):
         super().__init__(resource, timeout=timeout)
@@ -288,7 +288,7 @@ class SSESite(Site):
     def log(self, request) -> None:
         if self.verbosity.normal:
             line = self._logFormatter(self._logDateTime, request)
-            self.log_.info("{line}", line=line)
+            self.access_log.info("{line}", line=line)
 
     def channel_closed(self, channel) -> None:
         self.channels.discard(channel)
