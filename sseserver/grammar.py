@@ -125,32 +125,25 @@ class Route:
 # --- names, types and data -----------------------------------------------------------
 
 
-def check_name(name: str, what: str = "channel") -> str:
+def check_name(name: str, what: str = "channel name") -> str:
     """
-    A channel, client id or other name: 1-256 bytes of UTF-8, no C0 control
-    character and no DEL.
+    A channel name, event type or client id: 1-256 bytes of UTF-8, no C0 control
+    character and no DEL (SPEC §2.1).
     """
     size = len(name.encode("utf-8", "surrogatepass"))
     if size == 0:
-        raise ProtocolError(f"empty {what} name")
+        raise ProtocolError(f"empty {what}")
     if size > MAX_NAME_BYTES:
-        raise ProtocolError(f"{what} name longer than {MAX_NAME_BYTES} bytes")
+        raise ProtocolError(f"{what} longer than {MAX_NAME_BYTES} bytes")
     for char in name:
         if char < " " or char == "\x7f":
-            raise ProtocolError(f"control character in {what} name")
+            raise ProtocolError(f"control character in {what}")
     return name
 
 
 def check_type(event_type: str) -> str:
-    """An event type: 1-256 bytes, no CR, LF or NUL (SPEC §3)."""
-    size = len(event_type.encode("utf-8", "surrogatepass"))
-    if size == 0:
-        raise ProtocolError("empty event type")
-    if size > MAX_NAME_BYTES:
-        raise ProtocolError(f"event type longer than {MAX_NAME_BYTES} bytes")
-    if "\r" in event_type or "\n" in event_type or "\0" in event_type:
-        raise ProtocolError("CR, LF or NUL in event type")
-    return event_type
+    """An event type follows the rules of names, so never holds CR, LF or NUL."""
+    return check_name(event_type, "event type")
 
 
 def check_data(data: str) -> str:
