@@ -65,9 +65,9 @@ class Dispatcher:
     def refused(self, error: ProtocolError, source: str, sender: str = "") -> dict:
         if self.verbosity.normal:
             self.log.warn(
-            "{source}{sender}: rejected: {reason}",
-            source=source,
-            sender=f" {sender}" if sender else "",
-            reason=str(error),
-        )
+                "{source}{sender}: rejected: {reason}",
+                source=source,
+                sender=f" {sender}" if sender else "",
+                reason=str(error),
+            )
         return {"error": str(error)}

@@ -21,9 +21,6 @@ SSE_SERVER = "sse-server"
 HASSES = "hasses"
 DIALECTS = (SSE_SERVER, HASSES)
 
-#: Query parameters that belong to a subscription rather than a publish.
-SUBSCRIPTION_PARAMETERS = frozenset({"id", "lastEventId"})
-
 #: Commands of SPEC §6; those in ARGUMENT_COMMANDS take ":<channel>".
 COMMANDS = frozenset(
     {
@@ -277,14 +274,12 @@ def accepts_event_stream(accept: Optional[bytes]) -> bool:
 
 def is_subscription(params: list, accepts_stream: bool) -> bool:
     """
-    SPEC §2.1: a C{subscribe} parameter or C{Accept: text/event-stream} makes a
-    subscription; so does a query holding only subscription parameters.  Any other
-    query is an HTTP publish.
+    SPEC §2.1: no query, a C{subscribe} parameter or C{Accept: text/event-stream}
+    makes a subscription.  Any other query is an HTTP publish.
     """
-    if accepts_stream:
+    if accepts_stream or not params:
         return True
-    keys = {percent_decode(key, "query") for key, _ in params}
-    return "subscribe" in keys or keys <= SUBSCRIPTION_PARAMETERS
+    return any(percent_decode(key, "query") == "subscribe" for key, _ in params)
 
 
 def parse_subscription(segments: Iterable[str], params: list) -> Subscription:

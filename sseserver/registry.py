@@ -9,10 +9,24 @@ import time
 from itertools import chain
 from typing import Callable, Iterable, Optional
 
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
 from sseserver.event import HEARTBEAT, HEARTBEAT_CHUNK, Event
 from sseserver.grammar import Target
 
+#: Default for --max-client-buffer: unsent bytes allowed per subscriber.
+MAX_CLIENT_BUFFER = 1048576
 
+log = Logger(namespace="sseserver.registry")
+
+
+def _discard(data: bytes) -> None:
+    """The write of a dropped subscriber."""
+
+
+@implementer(IPushProducer)
 class Subscriber:
     """
     One open SSE response, kept small: its channels, client id and stats, and the
@@ -20,6 +34,11 @@ class Subscriber:
     when the response is (the encoding is shared by all subscribers; see
     L{sseserver.event.Event.chunk}), instead of through C{Request.write}, which
     would re-frame every event for every subscriber.
+
+    It is also the response's push producer: the transport pauses it when its
+    buffer is full (the peer reads slower than events arrive).  Events keep being
+    buffered while paused, up to C{limit} more bytes; past that the subscriber is
+    dropped, so that memory stays bounded and nobody else waits for it.
     """
 
     __slots__ = (
@@ -37,6 +56,10 @@ class Subscriber:
         "written",
         "chunked",
         "request",
+        "transport",
+        "paused",
+        "backlog",
+        "limit",
         "_write",
     )
 
@@ -46,7 +69,7 @@ class Subscriber:
         channels: tuple,
         all_channels: bool,
         client_id: Optional[str],
-        write: Callable[[bytes], object],
+        transport,
         chunked: bool,
         peer: str = "",
         agent: str = "",
@@ -54,12 +77,14 @@ class Subscriber:
         connected_at: float = 0.0,
         handshaked_at: float = 0.0,
         request: object = None,
+        max_buffer: int = MAX_CLIENT_BUFFER,
     ):
         self.number = number
         self.channels = channels
         self.all_channels = all_channels
         self.client_id = client_id
-        self._write = write
+        self.transport = transport
+        self._write = transport.write
         self.chunked = chunked
         self.peer = peer
         self.agent = agent
@@ -69,18 +94,58 @@ class Subscriber:
         self.request = request
         self.messages = 0
         self.errors = 0
-        self.written = False
+        self.written = True  # the stream's opening line was just written
+        self.paused = False
+        self.backlog = 0
+        # The transport pauses us once it holds 64 KiB; count what comes on top.
+        self.limit = max(0, max_buffer - getattr(transport, "bufferSize", 0))
 
     def send(self, event: Event) -> None:
-        self._write(event.chunk if self.chunked else event.wire)
+        frame = event.chunk if self.chunked else event.wire
+        self._write(frame)
         self.messages += 1
         self.written = True
+        if self.paused:
+            self._held(len(frame))
 
     def heartbeat(self) -> None:
         """Send a comment unless something was written since the last call."""
         if not self.written:
-            self._write(HEARTBEAT_CHUNK if self.chunked else HEARTBEAT)
+            frame = HEARTBEAT_CHUNK if self.chunked else HEARTBEAT
+            self._write(frame)
+            if self.paused:
+                self._held(len(frame))
         self.written = False
+
+    def _held(self, size: int) -> None:
+        self.backlog += size
+        if self.backlog > self.limit:
+            self.drop()
+
+    def drop(self) -> None:
+        """Too slow: stop writing, free the buffer, close the connection."""
+        self._write = _discard
+        self.paused = False  # nothing more is held for it
+        self.errors += 1
+        log.warn(
+            "subscriber <{number}> {peer} dropped: more unsent data than"
+            " --max-client-buffer allows",
+            number=self.number,
+            peer=self.peer,
+        )
+        self.transport.abortConnection()
+
+    # IPushProducer, driven by the transport through the HTTP channel
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:
+        self._write = _discard
 
 
 class Registry:

@@ -95,14 +95,23 @@ class Options(usage.Options):
         ["separator", None, None, "Also split control lines at this character."],
         ["fifo", None, None, "Named pipe accepting control lines."],
         ["publish-token", None, None, "Secret required for HTTP publishing."],
-        ["heartbeat", None, "15", "Seconds between heartbeats to idle streams; 0: off."],
+        [
+            "heartbeat",
+            None,
+            "15",
+            "Seconds between heartbeats to idle streams; 0: off.",
+        ],
         ["retry", None, None, "Send 'retry: MS' at the start of each stream."],
         ["max-clients", None, "0", "Open subscribers allowed (0: no limit)."],
         ["loglevel", None, "normal", "Start-up log level: quiet, normal or debug."],
         ["config", None, None, "Read options from FILE; the command line wins."],
     ]
 
-    _lists = {"port": [DEFAULT_PORT], "control": [DEFAULT_CONTROL], "cors-origin": ["*"]}
+    _lists = {
+        "port": [DEFAULT_PORT],
+        "control": [DEFAULT_CONTROL],
+        "cors-origin": ["*"],
+    }
 
     def __init__(self):
         super().__init__()
@@ -212,7 +221,9 @@ def raise_fd_limit() -> None:
     soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
     if hard != rlimit.RLIM_INFINITY and soft < hard:
         rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (hard, hard))
-        log.info("file descriptor limit raised from {soft} to {hard}", soft=soft, hard=hard)
+        log.info(
+            "file descriptor limit raised from {soft} to {hard}", soft=soft, hard=hard
+        )
 
 
 class ListeningService(Service):
@@ -314,9 +325,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
             service
         )
     if config["fifo"] is not None:
-        FifoReader(os.path.abspath(config["fifo"]), dispatcher, reactor).setServiceParent(
-            service
-        )
+        FifoReader(
+            os.path.abspath(config["fifo"]), dispatcher, reactor
+        ).setServiceParent(service)
     if config["heartbeat"]:
         heartbeat = TimerService(config["heartbeat"], registry.heartbeat)
         heartbeat.clock = reactor

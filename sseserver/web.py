@@ -31,13 +31,13 @@ from sseserver.grammar import (
     route,
     split_query,
 )
-from sseserver.registry import Registry, Subscriber
+from sseserver.registry import MAX_CLIENT_BUFFER, Registry, Subscriber
 from sseserver.verbosity import Verbosity
 
 SERVER_HEADER = b"sseserver/" + __version__.encode("ascii")
 ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
 PREFLIGHT_HEADERS = b"Cache-Control, Last-Event-ID, X-Requested-With"
-PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization, Content-Type"
+PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization"
 #: Seconds a connection may stay idle before it has sent a whole request.
 REQUEST_TIMEOUT = 60
 #: Seconds a subscriber refused for --max-clients is told to wait.
@@ -91,6 +91,7 @@ class SSEResource(Resource):
         demo: bool = True,
         retry: Optional[int] = None,
         max_clients: int = 0,
+        max_client_buffer: int = MAX_CLIENT_BUFFER,
     ):
         super().__init__()
         self.registry = registry
@@ -104,18 +105,25 @@ class SSEResource(Resource):
         self.demo_page = demo_page(prefix) if demo else None
         self.opening = b"retry: %d\n\n" % retry if retry is not None else OPENING
         self.max_clients = max_clients
+        self.max_client_buffer = max_client_buffer
 
     def render(self, request):
         request.setHeader(b"server", SERVER_HEADER)
-        where = route(request.uri, self.prefix)
-        if where.kind == "root" and self.demo_page and request.method in (b"GET", b"HEAD"):
+        try:
+            where = route(request.uri, self.prefix)
+        except ProtocolError as error:
+            return self._text(request, error.status, str(error))
+        if (
+            where.kind == "root"
+            and self.demo_page
+            and request.method in (b"GET", b"HEAD")
+        ):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             return self.demo_page
         if where.kind != "prefix":
             return self._text(request, 404, "not found")
-        for name, value in cors_headers(
-            request.getHeader(b"origin"), self.cors_origins
-        ):
+        cors = cors_headers(request.getHeader(b"origin"), self.cors_origins)
+        for name, value in cors:
             request.setHeader(name, value)
         if request.method == b"GET":
             return self._get(request, where)
@@ -125,7 +133,7 @@ class SSEResource(Resource):
             request.finish()
             return NOT_DONE_YET
         if request.method == b"OPTIONS":
-            return self._preflight(request)
+            return self._preflight(request, bool(cors))
         if request.method == b"POST" and not self.http_publish:
             return self._publish_disabled(request)
         request.setHeader(b"allow", ALLOWED_METHODS)
@@ -138,11 +146,13 @@ class SSEResource(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return text.encode("utf-8") + b"\n"
 
-    def _preflight(self, request) -> bytes:
+    def _preflight(self, request, allowed: bool) -> bytes:
+        """204; the CORS part only for an allowed origin (SPEC §2.6)."""
         request.setResponseCode(204)
-        methods = ALLOWED_METHODS + (b", POST" if self.http_publish else b"")
+        if not allowed:
+            return b""
         headers = PREFLIGHT_PUBLISH_HEADERS if self.http_publish else PREFLIGHT_HEADERS
-        request.setHeader(b"access-control-allow-methods", methods)
+        request.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
         request.setHeader(b"access-control-allow-headers", headers)
         request.setHeader(b"access-control-max-age", b"86400")
         return b""
@@ -168,7 +178,9 @@ class SSEResource(Resource):
             params = split_query(where.query)
             accept = accepts_event_stream(request.getHeader(b"accept"))
             if is_subscription(params, accept):
-                return self._subscribe(request, parse_subscription(where.segments, params))
+                return self._subscribe(
+                    request, parse_subscription(where.segments, params)
+                )
             if not self.http_publish:
                 return self._publish_disabled(request)
             if not self._authorized(request, params):
@@ -219,15 +231,19 @@ class SSEResource(Resource):
             channels=subscription.channels,
             all_channels=subscription.all_channels,
             client_id=subscription.client_id,
-            write=channel.transport.write,
+            transport=channel.transport,
             chunked=bool(request.chunked),
             peer=address_text(request.getClientAddress()),
-            agent=printable((request.getHeader(b"user-agent") or b"").decode("latin-1")),
+            agent=printable(
+                (request.getHeader(b"user-agent") or b"").decode("latin-1")
+            ),
             ssl=request.isSecure(),
             connected_at=channel.connected_at,
             handshaked_at=now,
             request=request,
+            max_buffer=self.max_client_buffer,
         )
+        request.registerProducer(subscriber, True)
         self.registry.add(subscriber)
         request.notifyFinish().addBoth(self._gone, subscriber)
         if self.verbosity.normal:
@@ -235,7 +251,9 @@ class SSEResource(Resource):
                 "subscriber <{number}> {peer} connected: {channels} id={id}",
                 number=subscriber.number,
                 peer=subscriber.peer,
-                channels="*" if subscriber.all_channels else ",".join(subscriber.channels),
+                channels="*"
+                if subscriber.all_channels
+                else ",".join(subscriber.channels),
                 id=subscriber.client_id or "",
             )
         return NOT_DONE_YET
@@ -302,6 +320,7 @@ class SSESite(Site):
         for subscriber in list(self.registry):
             request = subscriber.request
             if request is not None and not request.finished:
+                request.unregisterProducer()
                 request.finish()
         for channel in list(self.channels):
             channel.transport.loseConnection()

@@ -90,7 +90,9 @@ class Server:
                 for line in self.lines:
                     match = LISTENING.search(line)
                     if match:
-                        ports = self.sse_ports if match[1] == "SSE" else self.control_ports
+                        ports = (
+                            self.sse_ports if match[1] == "SSE" else self.control_ports
+                        )
                         ports.append(int(match[3]))
             if len(self.sse_ports) < sse or len(self.control_ports) < control:
                 time.sleep(0.05)
@@ -148,14 +150,18 @@ class ControlClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def reply(self) -> dict:
+    def raw_reply(self) -> bytes:
+        """The next reply line as sent, with its newline."""
         while b"\n" not in self.buffer:
             data = self.sock.recv(65536)
             if not data:
                 raise AssertionError(f"connection closed; unread {self.buffer!r}")
             self.buffer += data
         line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
+        return line + b"\n"
+
+    def reply(self) -> dict:
+        return json.loads(self.raw_reply())
 
     def close(self) -> None:
         self.sock.close()
@@ -278,7 +284,8 @@ class Stream:
         return [block for block in self.body.split(b"\n\n")[:-1]]
 
     def data_events(self) -> list:
-        return [e for e in self.events() if not e.startswith(b":")]
+        """The events, without comments and the opening C{retry:} field."""
+        return _data_blocks(self.body)
 
     def read_events(self, count: int, timeout: float = TIMEOUT) -> list:
         """Wait until C{count} non-comment events arrived; return them all."""
@@ -297,7 +304,24 @@ class Stream:
 
 
 def _data_blocks(body: bytes) -> list:
-    return [b for b in body.split(b"\n\n")[:-1] if not b.startswith(b":")]
+    blocks = body.split(b"\n\n")[:-1]
+    return [b for b in blocks if not b.startswith((b":", b"retry:"))]
+
+
+#: A last event to publish: what a stream received before it is all it got.
+END = b"END"
+
+
+def until_marker(stream: Stream, marker: bytes = END) -> list:
+    """The stream's events up to and including the C{marker} event."""
+    needle = b"\ndata: " + marker + b"\n\n"
+    stream.read_until(lambda body: needle in body)
+    return stream.data_events()
+
+
+def expect(stream: Stream, expected: list, marker: bytes = END) -> None:
+    """Exactly C{expected} arrived before the marker event."""
+    assert_events(until_marker(stream, marker), expected + [(marker, None)])
 
 
 def event_re(data: bytes, event_type: bytes | None = None) -> bytes:

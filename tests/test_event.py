@@ -48,10 +48,11 @@ class TestEncode:
 
     def test_mixed_and_consecutive_breaks(self):
         assert encode("1-0", "message", "a\r\n\r\nb\n\rc\r\rd") == (
-            b"id: 1-0\n"
-            b"data: a\ndata: \ndata: b\ndata: \ndata: c\ndata: \ndata: d\n\n"
+            b"id: 1-0\ndata: a\ndata: \ndata: b\ndata: \ndata: c\ndata: \ndata: d\n\n"
         )
-        assert encode("1-0", "message", "\r\r\n") == b"id: 1-0\ndata: \ndata: \ndata: \n\n"
+        assert (
+            encode("1-0", "message", "\r\r\n") == b"id: 1-0\ndata: \ndata: \ndata: \n\n"
+        )
         assert encode("1-0", "message", "\n") == b"id: 1-0\ndata: \ndata: \n\n"
 
     def test_field_injection_impossible(self):
@@ -65,7 +66,10 @@ class TestEncode:
 
     def test_other_unicode_breaks_not_split(self):
         data = "a\x0bb\x0cc\x1cd\x85e\u2028f\u2029g"
-        assert encode("1-0", "message", data) == b"id: 1-0\ndata: " + data.encode() + b"\n\n"
+        assert (
+            encode("1-0", "message", data)
+            == b"id: 1-0\ndata: " + data.encode() + b"\n\n"
+        )
 
     def test_unicode(self):
         assert encode("1-0", "événement", "☃ 😀\nü") == (
@@ -104,7 +108,12 @@ class TestEvent:
     def test_fields(self):
         target = Target(channels=frozenset({"c"}))
         event = Event("5-1", target, "t", "d")
-        assert (event.id, event.target, event.type, event.data) == ("5-1", target, "t", "d")
+        assert (event.id, event.target, event.type, event.data) == (
+            "5-1",
+            target,
+            "t",
+            "d",
+        )
 
     def test_wire_and_chunk(self):
         event = Event("5-1", Target(), "q1", "a\nb")
@@ -155,7 +164,12 @@ class TestIdGenerator:
 
     def test_sequence_within_millisecond(self):
         gen = IdGenerator(FakeClock(1.25, 1.25, 1.25, 1.2500001))
-        assert [gen.next() for _ in range(4)] == ["1250-0", "1250-1", "1250-2", "1250-3"]
+        assert [gen.next() for _ in range(4)] == [
+            "1250-0",
+            "1250-1",
+            "1250-2",
+            "1250-3",
+        ]
 
     def test_sequence_resets_when_millisecond_advances(self):
         gen = IdGenerator(FakeClock(1.25, 1.25, 1.5, 1.5, 2.0))

@@ -57,7 +57,16 @@ def test_limits_constants():
 class TestCheckName:
     @pytest.mark.parametrize(
         "name",
-        ["a", "x" * 256, "é" * 128, "€" * 85 + "a", "😀" * 64, "a*b", "room-u17", "a b"],
+        [
+            "a",
+            "x" * 256,
+            "é" * 128,
+            "€" * 85 + "a",
+            "😀" * 64,
+            "a*b",
+            "room-u17",
+            "a b",
+        ],
     )
     def test_accepted_up_to_256_bytes(self, name):
         assert len(name.encode("utf-8")) <= 256
@@ -136,7 +145,15 @@ class TestCheckType:
 class TestCheckData:
     @pytest.mark.parametrize(
         "data",
-        ["", "x", "a\nb\r\nc\rd", "x" * 65536, "é" * 32768, "😀" * 16384, "€" * 21845 + "a"],
+        [
+            "",
+            "x",
+            "a\nb\r\nc\rd",
+            "x" * 65536,
+            "é" * 32768,
+            "😀" * 16384,
+            "€" * 21845 + "a",
+        ],
         ids=["empty", "x", "newlines", "ascii", "2-byte", "4-byte", "3-byte"],
     )
     def test_up_to_65536_bytes_pass(self, data):
@@ -145,7 +162,13 @@ class TestCheckData:
 
     @pytest.mark.parametrize(
         "data",
-        ["x" * 65537, "é" * 32768 + "a", "😀" * 16384 + "a", "😀" * 16385, "x" * 200000],
+        [
+            "x" * 65537,
+            "é" * 32768 + "a",
+            "😀" * 16384 + "a",
+            "😀" * 16385,
+            "x" * 200000,
+        ],
         ids=["ascii", "2-byte", "4-byte+1", "4-byte+4", "huge"],
     )
     def test_over_65536_bytes_too_large(self, data):
@@ -290,7 +313,9 @@ class TestParseLineMessages:
                 parse_line(raw)
 
     def test_dialects_for_dash(self):
-        assert parse_line(b"room-u17=x") == [Message(channel("room-u17"), "message", "x")]
+        assert parse_line(b"room-u17=x") == [
+            Message(channel("room-u17"), "message", "x")
+        ]
         assert parse_line(b"room-u17=x", SSE_SERVER) == [
             Message(channel("room-u17"), "message", "x")
         ]
@@ -334,7 +359,7 @@ class TestParseLineCommands:
         assert parse_line(b"tcpsubscribedclients:room2") == [
             Command("tcpsubscribedclients", "room2")
         ]
-        assert parse_line("tcpsubscribedclients:sal\"le".encode()) == [
+        assert parse_line('tcpsubscribedclients:sal"le'.encode()) == [
             Command("tcpsubscribedclients", 'sal"le')
         ]
 
@@ -502,7 +527,11 @@ class TestSplitQuery:
         assert split_query(b"a=1&b=2;c=3") == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
 
     def test_without_equals_is_none(self):
-        assert split_query(b"status&a=&b") == [(b"status", None), (b"a", b""), (b"b", None)]
+        assert split_query(b"status&a=&b") == [
+            (b"status", None),
+            (b"a", b""),
+            (b"b", None),
+        ]
 
     def test_first_equals(self):
         assert split_query(b"a=b=c&=d") == [(b"a", b"b=c"), (b"", b"d")]
@@ -536,6 +565,8 @@ class TestIsSubscription:
         assert is_subscription(split_query(query), False) is True
 
     def test_query_on_path_is_publish(self):
+        assert is_subscription(split_query(b"id=u17"), False) is False
+        assert is_subscription(split_query(b"lastEventId=1-0"), False) is False
         assert is_subscription(split_query(b"message=first"), False) is False
         assert is_subscription(split_query(b"q1=go&q2=end"), False) is False
         assert is_subscription(split_query(b"status"), False) is False
@@ -617,7 +648,12 @@ class TestParseSubscription:
 
     @pytest.mark.parametrize(
         "query",
-        [b"subscribe=a%01", b"subscribe=a-%7F", b"subscribe=%FF", b"subscribe=" + b"x" * 257],
+        [
+            b"subscribe=a%01",
+            b"subscribe=a-%7F",
+            b"subscribe=%FF",
+            b"subscribe=" + b"x" * 257,
+        ],
     )
     def test_bad_channel(self, query):
         with pytest.raises(ProtocolError) as info:
@@ -670,7 +706,9 @@ class TestParsePublish:
         assert parse_publish((), split_query(b"status")) == Publish(
             (Command("status"),), None
         )
-        assert parse_publish(("c",), split_query(b"a=1&subscribedclients:room2")) == Publish(
+        assert parse_publish(
+            ("c",), split_query(b"a=1&subscribedclients:room2")
+        ) == Publish(
             (Message(channel("c"), "a", "1"), Command("subscribedclients", "room2")),
             None,
         )
@@ -689,9 +727,9 @@ class TestParsePublish:
         assert info.value.status == 400
 
     def test_data_decoding(self):
-        assert parse_publish(("c",), split_query(b"m=line1%0Aline2%0D%0Al3")) == Publish(
-            (Message(channel("c"), "m", "line1\nline2\r\nl3"),), None
-        )
+        assert parse_publish(
+            ("c",), split_query(b"m=line1%0Aline2%0D%0Al3")
+        ) == Publish((Message(channel("c"), "m", "line1\nline2\r\nl3"),), None)
         assert parse_publish(("c",), split_query(b"m=a+b%2Bc%20d=e")) == Publish(
             (Message(channel("c"), "m", "a+b+c d=e"),), None
         )

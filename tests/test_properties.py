@@ -189,14 +189,14 @@ def test_parse_publish_only_protocol_errors(segments, query):
 NOT_IN_CHANNEL = set("=/*;\x7f") | {chr(c) for c in range(0x20)}
 channel_names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30
-).filter(
-    lambda s: not (set(s) & NOT_IN_CHANNEL) and s.strip(" \t") == s and s != ""
-)
+).filter(lambda s: not (set(s) & NOT_IN_CHANNEL) and s.strip(" \t") == s and s != "")
 type_names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30
 ).filter(
-    lambda s: not (set(s) & (set("=\x7f") | {chr(c) for c in range(0x20)}))
-    and s.strip(" \t") == s
+    lambda s: (
+        not (set(s) & (set("=\x7f") | {chr(c) for c in range(0x20)}))
+        and s.strip(" \t") == s
+    )
 )
 line_data = st.text(max_size=200).filter(
     lambda s: "\n" not in s and "\r" not in s and "\0" not in s
@@ -218,5 +218,9 @@ def test_control_line_round_trip(ch, event_type, data):
 def test_control_line_round_trip_default_type_hasses(ch, data):
     raw = f"{ch}-u17={data}".encode("utf-8")
     assert parse_line(raw, HASSES, ";" if ";" not in data else None) == [
-        Message(Target(channels=frozenset({ch}), exclude="u17"), "message", data.strip(" \t"))
+        Message(
+            Target(channels=frozenset({ch}), exclude="u17"),
+            "message",
+            data.strip(" \t"),
+        )
     ]

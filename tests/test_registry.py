@@ -12,6 +12,19 @@ from sseserver.grammar import HASSES, Target, parse_target
 from sseserver.registry import Registry, Subscriber
 
 
+class FakeTransport:
+    """Collects writes; records aborts."""
+
+    bufferSize = 65536
+
+    def __init__(self, out: list):
+        self.write = out.append
+        self.aborted = 0
+
+    def abortConnection(self) -> None:
+        self.aborted += 1
+
+
 class Harness:
     """A registry whose subscribers write into lists, by name."""
 
@@ -34,7 +47,7 @@ class Harness:
             tuple(channels),
             all_channels,
             client_id,
-            out.append,
+            FakeTransport(out),
             chunked,
             peer="127.0.0.1:1",
         )
@@ -87,7 +100,14 @@ class TestMatch:
         assert h.match(target) == ["all", "all17", "both", "room1", "room2"]
 
     def test_prefix(self, h):
-        assert h.match_text("room*") == ["all", "all17", "both", "room", "room1", "room2"]
+        assert h.match_text("room*") == [
+            "all",
+            "all17",
+            "both",
+            "room",
+            "room1",
+            "room2",
+        ]
         assert h.match_text("room1*") == ["all", "all17", "both", "room1"]
         assert h.match_text("c*") == ["all", "all17", "color"]
         assert h.match_text("x*") == ["all", "all17"]
@@ -157,7 +177,7 @@ class TestAddRemove:
 
     def test_remove_unknown(self):
         registry = Registry()
-        stranger = Subscriber(1, ("a",), False, None, lambda b: None, False)
+        stranger = Subscriber(1, ("a",), False, None, FakeTransport([]), False)
         assert registry.remove(stranger) is False
 
     def test_len_and_iteration_order(self, h):
@@ -193,18 +213,34 @@ class TestAddRemove:
     def test_max_subscribers_and_handshaked(self):
         harness = Harness()
         registry = harness.registry
-        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (0, 0, 0)
+        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (
+            0,
+            0,
+            0,
+        )
         a = harness.add("a", ["x"])
         b = harness.add("b", ["x"])
         assert (registry.max_subscribers, registry.handshaked) == (2, 2)
         registry.remove(a)
         registry.remove(b)
-        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (2, 2, 0)
+        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (
+            2,
+            2,
+            0,
+        )
         harness.add("c", ["x"])
-        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (2, 3, 1)
+        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (
+            2,
+            3,
+            1,
+        )
         harness.add("d", all_channels=True)
         harness.add("e", [])
-        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (3, 5, 3)
+        assert (registry.max_subscribers, registry.handshaked, len(registry)) == (
+            3,
+            5,
+            3,
+        )
 
     def test_initial_counters(self):
         registry = Registry(clock=lambda: 123.5)
@@ -246,10 +282,20 @@ class TestSend:
 
 
 class TestHeartbeat:
+    def test_opening_counts_as_a_write(self):
+        harness = Harness()
+        harness.add("new", ["c"])
+        harness.registry.heartbeat()
+        assert harness.out["new"] == []
+        harness.registry.heartbeat()
+        assert harness.out["new"] == [b":\n\n"]
+
     def test_idle_subscribers_get_comment(self):
         harness = Harness()
         harness.add("plain", ["c"])
         harness.add("chunked", ["c"], chunked=True)
+        harness.registry.heartbeat()  # the opening line counted as a write
+        assert harness.out == {"plain": [], "chunked": []}
         harness.registry.heartbeat()
         assert harness.out == {"plain": [b":\n\n"], "chunked": [b"3\r\n:\n\n\r\n"]}
         harness.registry.heartbeat()
@@ -262,6 +308,7 @@ class TestHeartbeat:
         harness = Harness()
         busy = harness.add("busy", ["c"])
         harness.add("idle", ["c"])
+        harness.registry.heartbeat()  # both just opened
         busy.send(event())
         harness.registry.heartbeat()
         assert harness.out["busy"] == [b"id: 1-0\ndata: hi\n\n"]
@@ -276,6 +323,7 @@ class TestHeartbeat:
         gone = harness.add("gone", ["c"])
         harness.registry.remove(gone)
         harness.registry.heartbeat()
+        harness.registry.heartbeat()
         assert harness.out["gone"] == []
 
     def test_subscriber_heartbeat_directly(self):
@@ -288,3 +336,67 @@ class TestHeartbeat:
             b"12\r\nid: 1-0\ndata: hi\n\n\r\n",
             b"3\r\n:\n\n\r\n",
         ]
+
+
+class TestSlowSubscriber:
+    """The push-producer side of L{Subscriber} (SPEC §8, slow subscriber)."""
+
+    def make(self, max_buffer: int):
+        out: list = []
+        transport = FakeTransport(out)
+        sub = Subscriber(
+            1, ("a",), False, None, transport, False, max_buffer=max_buffer
+        )
+        return sub, transport, out
+
+    def test_limit_counts_what_comes_on_top_of_the_transport_buffer(self):
+        sub, _, _ = self.make(65536 + 100)
+        assert sub.limit == 100
+        sub, _, _ = self.make(1000)
+        assert sub.limit == 0
+
+    def test_not_paused_never_dropped(self):
+        sub, transport, out = self.make(65536 + 10)
+        event = Event("1-0", Target(), "message", "x" * 100)
+        for _ in range(50):
+            sub.send(event)
+        assert transport.aborted == 0
+        assert len(out) == 50
+
+    def test_dropped_once_past_the_limit_while_paused(self):
+        sub, transport, out = self.make(65536 + 250)
+        event = Event("1-0", Target(), "message", "x" * 100)
+        frame = len(event.wire)  # "id: 1-0\ndata: " + 100 + "\n\n"
+        sub.pauseProducing()
+        sent = 0
+        while transport.aborted == 0:
+            sub.send(event)
+            sent += 1
+        assert sent == 250 // frame + 1
+        assert sub.errors == 1
+        sub.send(event)
+        sub.heartbeat()
+        assert transport.aborted == 1
+        assert len(out) == sent
+
+    def test_resume_forgets_the_backlog(self):
+        sub, transport, out = self.make(65536 + 250)
+        event = Event("1-0", Target(), "message", "x" * 100)
+        sub.pauseProducing()
+        sub.send(event)
+        sub.send(event)
+        sub.resumeProducing()
+        assert (sub.paused, sub.backlog) == (False, 0)
+        sub.pauseProducing()
+        sub.send(event)
+        sub.send(event)
+        assert transport.aborted == 0
+
+    def test_stop_producing_discards_later_writes(self):
+        sub, _, out = self.make(MAX)
+        sub.stopProducing()
+        sub.send(Event("1-0", Target(), "message", "x"))
+        assert out == []
+
+
+MAX = 1048576
