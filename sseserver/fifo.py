@@ -76,20 +76,26 @@ class _ReadEnd:
 class FifoReader(Service):
     log = Logger()
 
-    def __init__(self, path: str, dispatcher: Dispatcher, reactor):
+    def __init__(self, path: str, dispatcher: Dispatcher, reactor, flow=None):
         self.path = path
         self.dispatcher = dispatcher
         self.reactor = reactor
+        self.flow = flow
         self._lines = LineSplitter()
         self._end: _ReadEnd | None = None
+        self._paused = False
 
     def startService(self) -> None:
         ensure_fifo(self.path)
         self._end = self._open()
+        if self.flow is not None:
+            self.flow.add_input(self)
         self.log.info("FIFO reading {path}", path=self.path)
         super().startService()
 
     def stopService(self):
+        if self.flow is not None:
+            self.flow.remove_input(self)
         end, self._end = self._end, None
         if end is not None:
             self.reactor.removeReader(end)
@@ -98,8 +104,24 @@ class FifoReader(Service):
 
     def _open(self) -> _ReadEnd:
         end = _ReadEnd(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), self)
-        self.reactor.addReader(end)
+        if not self._paused:
+            self.reactor.addReader(end)
         return end
+
+    # IPushProducer, driven by the input flow control
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._end is not None:
+            self.reactor.removeReader(self._end)
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._end is not None:
+            self.reactor.addReader(self._end)
+
+    def stopProducing(self) -> None:
+        pass
 
     def received(self, data: bytes) -> None:
         self._handle(self._lines.feed(data))

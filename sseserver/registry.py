@@ -14,12 +14,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sseserver.event import HEARTBEAT, HEARTBEAT_CHUNK, Event
+from sseserver.flow import NoCongestion
 from sseserver.grammar import Target
 
 #: Default for --max-client-buffer: unsent bytes allowed per subscriber.
 MAX_CLIENT_BUFFER = 1048576
 
 log = Logger(namespace="sseserver.registry")
+NO_CONGESTION = NoCongestion()
 
 
 def _discard(data: bytes) -> None:
@@ -60,6 +62,7 @@ class Subscriber:
         "paused",
         "backlog",
         "limit",
+        "flow",
         "_write",
     )
 
@@ -78,6 +81,7 @@ class Subscriber:
         handshaked_at: float = 0.0,
         request: object = None,
         max_buffer: int = MAX_CLIENT_BUFFER,
+        flow=NO_CONGESTION,
     ):
         self.number = number
         self.channels = channels
@@ -97,6 +101,7 @@ class Subscriber:
         self.written = True  # the stream's opening line was just written
         self.paused = False
         self.backlog = 0
+        self.flow = flow
         # The transport pauses us once it holds 64 KiB; count what comes on top.
         self.limit = max(0, max_buffer - getattr(transport, "bufferSize", 0))
 
@@ -125,7 +130,7 @@ class Subscriber:
     def drop(self) -> None:
         """Too slow: stop writing, free the buffer, close the connection."""
         self._write = _discard
-        self.paused = False  # nothing more is held for it
+        self._set_paused(False)  # nothing more is held for it
         self.errors += 1
         log.warn(
             "subscriber <{number}> {peer} dropped: more unsent data than"
@@ -138,14 +143,25 @@ class Subscriber:
     # IPushProducer, driven by the transport through the HTTP channel
 
     def pauseProducing(self) -> None:
-        self.paused = True
+        self._set_paused(True)
 
     def resumeProducing(self) -> None:
-        self.paused = False
-        self.backlog = 0
+        self._set_paused(False)
 
     def stopProducing(self) -> None:
         self._write = _discard
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Track the transport's state, and tell the input flow control."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        self.backlog = 0
+        if paused:
+            self.flow.subscriber_paused()
+        else:
+            self.flow.subscriber_resumed()
 
 
 class Registry:

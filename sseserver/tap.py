@@ -16,17 +16,18 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from sseserver.commands import Commands, ServerState
 from sseserver.control import ControlFactory
 from sseserver.dispatch import Dispatcher
 from sseserver.fifo import FifoReader, check_fifo_path
+from sseserver.flow import Congestion
 from sseserver.grammar import DIALECTS, HASSES
 from sseserver.hub import Hub
-from sseserver.registry import Registry
+from sseserver.listeners import ListeningService
+from sseserver.registry import MAX_CLIENT_BUFFER, Registry
 from sseserver.verbosity import LEVEL_NAMES, Verbosity
-from sseserver.web import SSEResource, SSESite, address_text
+from sseserver.web import SSEResource, SSESite
 
 DEFAULT_PORT = "tcp:8080"
 DEFAULT_CONTROL = "tcp:8085:interface=127.0.0.1"
@@ -103,6 +104,12 @@ class Options(usage.Options):
         ],
         ["retry", None, None, "Send 'retry: MS' at the start of each stream."],
         ["max-clients", None, "0", "Open subscribers allowed (0: no limit)."],
+        [
+            "max-client-buffer",
+            None,
+            str(MAX_CLIENT_BUFFER),
+            "Unsent bytes allowed per subscriber before it is dropped.",
+        ],
         ["loglevel", None, "normal", "Start-up log level: quiet, normal or debug."],
         ["config", None, None, "Read options from FILE; the command line wins."],
     ]
@@ -197,6 +204,9 @@ class Options(usage.Options):
             )
         self["heartbeat"] = _number("heartbeat", self["heartbeat"])
         self["max-clients"] = _number("max-clients", self["max-clients"])
+        self["max-client-buffer"] = _number(
+            "max-client-buffer", self["max-client-buffer"], minimum=1
+        )
         if self["retry"] is not None:
             self["retry"] = _number("retry", self["retry"])
         if self["fifo"] is not None:
@@ -224,42 +234,6 @@ def raise_fd_limit() -> None:
         log.info(
             "file descriptor limit raised from {soft} to {hard}", soft=soft, hard=hard
         )
-
-
-class ListeningService(Service):
-    """
-    Listen on one endpoint while running and log the address actually bound.  A
-    failure to listen at start-up stops twistd with a one-line error.
-    """
-
-    def __init__(self, kind: str, description: str, endpoint, factory):
-        self.kind = kind
-        self.description = description
-        self.endpoint = endpoint
-        self.factory = factory
-        self.port = None
-
-    def startService(self) -> None:
-        super().startService()
-        outcome = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            raise SystemExit(
-                f"sseserver: cannot listen on {self.description!r} ({self.kind}): "
-                f"{outcome[0].getErrorMessage()}"
-            )
-        self.port = outcome[0]
-        log.info(
-            "{kind} listening on {address}",
-            kind=self.kind,
-            address=address_text(self.port.getHost()),
-        )
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
 
 
 class StreamsService(Service):
@@ -293,6 +267,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         allow_commands=config["allow-commands"],
         halt=halt,
     )
+    flow = Congestion(registry, verbosity)
     commands = Commands(registry, hub, verbosity, state)
     dispatcher = Dispatcher(
         hub, commands, verbosity, config["dialect"], config["separator"]
@@ -309,6 +284,8 @@ def makeService(config: Options, reactor=None) -> MultiService:
         demo=not config["no-demo"],
         retry=config["retry"],
         max_clients=config["max-clients"],
+        max_client_buffer=config["max-client-buffer"],
+        flow=flow,
     )
 
     service = MultiService()
@@ -317,17 +294,18 @@ def makeService(config: Options, reactor=None) -> MultiService:
     StreamsService(sites).setServiceParent(service)
     for description, site in zip(config["port"], sites):
         endpoint = endpoints.serverFromString(reactor, description)
-        ListeningService("SSE", description, endpoint, site).setServiceParent(service)
-    control = ControlFactory(dispatcher, verbosity)
-    for description in config["control"]:
-        endpoint = endpoints.serverFromString(reactor, description)
-        ListeningService("control", description, endpoint, control).setServiceParent(
+        ListeningService("SSE", description, endpoint, site, reactor).setServiceParent(
             service
         )
-    if config["fifo"] is not None:
-        FifoReader(
-            os.path.abspath(config["fifo"]), dispatcher, reactor
+    control = ControlFactory(dispatcher, verbosity, flow)
+    for description in config["control"]:
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListeningService(
+            "control", description, endpoint, control, reactor
         ).setServiceParent(service)
+    if config["fifo"] is not None:
+        fifo = FifoReader(os.path.abspath(config["fifo"]), dispatcher, reactor, flow)
+        fifo.setServiceParent(service)
     if config["heartbeat"]:
         heartbeat = TimerService(config["heartbeat"], registry.heartbeat)
         heartbeat.clock = reactor

@@ -6,6 +6,7 @@ an HTTP publish (SPEC §5.5), the demo page or an error (SPEC §2).
 from __future__ import annotations
 
 import hmac
+import socket
 from typing import Optional
 
 from twisted.internet import defer
@@ -31,7 +32,12 @@ from sseserver.grammar import (
     route,
     split_query,
 )
-from sseserver.registry import MAX_CLIENT_BUFFER, Registry, Subscriber
+from sseserver.registry import (
+    MAX_CLIENT_BUFFER,
+    NO_CONGESTION,
+    Registry,
+    Subscriber,
+)
 from sseserver.verbosity import Verbosity
 
 SERVER_HEADER = b"sseserver/" + __version__.encode("ascii")
@@ -40,6 +46,8 @@ PREFLIGHT_HEADERS = b"Cache-Control, Last-Event-ID, X-Requested-With"
 PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization"
 #: Seconds a connection may stay idle before it has sent a whole request.
 REQUEST_TIMEOUT = 60
+#: Bytes a peer may send on an open stream before it is disconnected.
+MAX_IGNORED_BYTES = 65536
 #: Seconds a subscriber refused for --max-clients is told to wait.
 RETRY_AFTER = 5
 
@@ -92,6 +100,7 @@ class SSEResource(Resource):
         retry: Optional[int] = None,
         max_clients: int = 0,
         max_client_buffer: int = MAX_CLIENT_BUFFER,
+        flow=NO_CONGESTION,
     ):
         super().__init__()
         self.registry = registry
@@ -106,6 +115,7 @@ class SSEResource(Resource):
         self.opening = b"retry: %d\n\n" % retry if retry is not None else OPENING
         self.max_clients = max_clients
         self.max_client_buffer = max_client_buffer
+        self.flow = flow
 
     def render(self, request):
         request.setHeader(b"server", SERVER_HEADER)
@@ -224,7 +234,7 @@ class SSEResource(Resource):
         self._stream_headers(request)
         request.write(self.opening)
         channel = request.channel
-        channel.setTimeout(None)  # heartbeats watch an open stream from now on
+        channel.start_stream()
         now = self.registry.clock()
         subscriber = Subscriber(
             number=channel.number,
@@ -242,6 +252,7 @@ class SSEResource(Resource):
             handshaked_at=now,
             request=request,
             max_buffer=self.max_client_buffer,
+            flow=self.flow,
         )
         request.registerProducer(subscriber, True)
         self.registry.add(subscriber)
@@ -269,8 +280,42 @@ class SSEResource(Resource):
         subscriber.request = None
 
 
+#: TCP keepalive and unacknowledged-data limits for open streams: a peer that
+#: vanished without a FIN (half-open) is found within about two minutes.
+TCP_OPTIONS = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 60),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 10),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 6),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), 120_000),
+]
+
+
+def keep_alive(transport) -> None:
+    """Set L{TCP_OPTIONS} on the TCP socket under C{transport} (TLS or not)."""
+    while transport is not None and not isinstance(
+        getattr(transport, "socket", None), socket.socket
+    ):
+        transport = getattr(transport, "transport", None)
+    if transport is None or transport.socket.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    ):
+        return
+    for level, option, value in TCP_OPTIONS:
+        if option is not None:
+            transport.socket.setsockopt(level, option, value)
+
+
 class SSEChannel(HTTPChannel):
-    """Counts open connections (C{allconncli}) and numbers them."""
+    """
+    One connection on the SSE port: counted (C{allconncli}) and numbered.  Once
+    it carries a stream, bytes from the peer are discarded, up to a cap; an
+    over-long request line or header gets its status before the close.
+    """
+
+    streaming = False
+    ignored = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -279,6 +324,41 @@ class SSEChannel(HTTPChannel):
         self.number = registry.next_number()
         self.connected_at = registry.clock()
         self.site.channels.add(self)
+
+    def start_stream(self) -> None:
+        """From now on the peer has nothing more to say (SPEC §2.8, reinit off)."""
+        self.streaming = True
+        self.setTimeout(None)  # heartbeats and keepalives watch an open stream
+        keep_alive(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.streaming:
+            return super().dataReceived(data)
+        self.ignored += len(data)
+        if self.ignored > MAX_IGNORED_BYTES:
+            self._log_rejected("sent more than 64 KiB on an open stream")
+            self.transport.abortConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Twisted's 16 KiB line limit: 414 for the request line, else 431."""
+        if b":" in line.split(b" ", 1)[0]:
+            status, reason = b"431 Request Header Fields Too Large", "header too long"
+        else:
+            status, reason = b"414 URI Too Long", "request line too long"
+        self._log_rejected(reason)
+        self.transport.write(
+            b"HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status
+        )
+        self.transport.loseConnection()
+
+    def _log_rejected(self, reason: str) -> None:
+        if self.site.verbosity.normal:
+            self.site.access_log.warn(
+                "connection <{number}> {peer}: {reason}",
+                number=self.number,
+                peer=address_text(self.transport.getPeer()),
+                reason=reason,
+            )
 
     def connectionLost(self, reason) -> None:
         self.site.registry.connections -= 1

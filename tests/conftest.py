@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -30,7 +31,7 @@ EVENT_ID = rb"\d+-\d+"
 class Server:
     """A running C{twistd -n sseserver}; its log is collected line by line."""
 
-    def __init__(self, args: list, workdir: Path):
+    def __init__(self, args: list, workdir: Path, fd_limit: int | None = None):
         self.args = args
         self.workdir = workdir
         self.lines: list[str] = []
@@ -43,6 +44,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if fd_limit is None else _limit_fds(fd_limit),
         )
         threading.Thread(target=self._collect, daemon=True).start()
         self.sse_ports: list[int] = []
@@ -111,6 +113,20 @@ class Server:
         with self._changed:
             return len(self.lines)
 
+    # what /proc tells about the process
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)[1])
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     # control port
 
     def control(self, data: bytes) -> None:
@@ -137,6 +153,13 @@ class Server:
                 self.process.kill()
                 self.process.wait(TIMEOUT)
         return self.process.returncode
+
+
+def _limit_fds(limit: int):
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return preexec
 
 
 class ControlClient:
@@ -196,9 +219,9 @@ class Stream:
             lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
             request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
         self.sock.sendall(request)
-        self.raw = b""
-        self.body = b""
-        self._chunk_buffer = b""
+        self.raw = bytearray()
+        self.body = bytearray()
+        self._chunk_buffer = bytearray()
         self.closed = False
         self.finished = False
         self.head = self._read_head()
@@ -240,7 +263,7 @@ class Stream:
                 return
             assert rest[size : size + 2] == b"\r\n", rest[: size + 2]
             self.body += rest[:size]
-            self._chunk_buffer = rest[size + 2 :]
+            self._chunk_buffer = bytearray(rest[size + 2 :])
             if size == 0:
                 self.finished = True
                 return
@@ -354,13 +377,19 @@ def start_server(tmp_path):
     """Start servers with extra arguments; all are stopped after the test."""
     servers = []
 
-    def start(*args: str, sse: int = 1, control: int = 1, ports: bool = True) -> Server:
+    def start(
+        *args: str,
+        sse: int = 1,
+        control: int = 1,
+        ports: bool = True,
+        fd_limit: int | None = None,
+    ) -> Server:
         base = []
         if ports and not any(a.startswith("--port") for a in args):
             base += ["--port", "tcp:0:interface=127.0.0.1"]
         if ports and not any(a.startswith("--control") for a in args):
             base += ["--control", "tcp:0:interface=127.0.0.1"]
-        server = Server([*base, *args], tmp_path)
+        server = Server([*base, *args], tmp_path, fd_limit)
         servers.append(server)
         return server.wait_started(sse, control)
 
