@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SSELOAD_DIR = ROOT.parent / "shared" / "tools" / "sseload"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 TIMEOUT = 10.0
 
@@ -396,3 +397,12 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sseload() -> str:
+    """The reference load generator (shared/tools/sseload), built if needed."""
+    binary = SSELOAD_DIR / "sseload"
+    if not binary.exists():
+        subprocess.run(["make", "-C", str(SSELOAD_DIR)], check=True, capture_output=True)
+    return str(binary)

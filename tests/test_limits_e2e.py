@@ -17,19 +17,7 @@ import subprocess
 import threading
 import time
 
-import pytest
-from conftest import END, ROOT, TIMEOUT, ControlClient, Stream, assert_events, expect
-
-SSELOAD_DIR = ROOT.parent / "shared" / "tools" / "sseload"
-
-
-@pytest.fixture(scope="session")
-def sseload() -> str:
-    """The reference load generator, built from shared/ if needed."""
-    binary = SSELOAD_DIR / "sseload"
-    if not binary.exists():
-        subprocess.run(["make", "-C", str(SSELOAD_DIR)], check=True, capture_output=True)
-    return str(binary)
+from conftest import END, TIMEOUT, ControlClient, Stream, assert_events, expect
 
 
 def raw_subscriber(port: int, target: str, rcvbuf: int | None = None) -> socket.socket:

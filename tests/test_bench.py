@@ -1,0 +1,85 @@
+"""
+The benchmark (bench/run.py) runs end to end at a tiny scale: it starts the real
+server, drives loads A and D, stops everything and reports every figure.  Only
+the shape of the report and the message counts are checked, never timings: those
+depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIGURES = {
+    "subscribers",
+    "not_streaming",
+    "deliveries",
+    "deliveries_per_s",
+    "cpu_us_per_delivery",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "rss_per_conn_kib",
+    "lost",
+    "headers_all_s",
+    "last_delivery_ms",
+    "stop_reason",
+}
+
+
+@pytest.mark.parametrize("loader", ["python", "sseload"])
+@pytest.mark.timeout(60)
+def test_bench_tiny_run(tmp_path, loader, request):
+    if loader == "sseload":
+        request.getfixturevalue("sseload")  # builds it when missing
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--scale",
+            "0.01",
+            "--loads",
+            "A,D",
+            "--loader",
+            loader,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "A many messages" in run.stdout and "D burst" in run.stdout, run.stdout
+
+    report = json.loads(out.read_text())
+    assert report["loader"] == loader
+    assert {"commit", "scale", "machine", "pinning", "loads"} <= report.keys()
+    assert [load["load"] for load in report["loads"]] == ["A", "D"]
+    for load in report["loads"]:
+        figures = load["figures"]
+        assert FIGURES <= figures.keys(), load["load"]
+        assert figures["stop_reason"] == "complete", load["notes"]
+        assert figures["lost"] == 0, load["notes"]
+        assert figures["not_streaming"] == 0, load["notes"]
+        assert figures["deliveries"] > 0
+        assert load["server"]["log_problems"] == []
+        assert "met" in load["targets"]["lost"]
+    a, d = report["loads"]
+    assert a["parameters"] == {
+        "subscribers": 10,
+        "messages": 200,
+        "rate": 2000,
+        "src_ips": 1,
+        "hold_s": None,
+    }
+    assert a["figures"]["deliveries"] == 200  # each of 10 gets its channel's 20
+    assert d["figures"]["deliveries"] == d["parameters"]["subscribers"] == 190
