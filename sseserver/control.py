@@ -15,6 +15,7 @@ from sseserver.commands import CONTROL
 from sseserver.dispatch import Dispatcher
 from sseserver.flow import Congestion
 from sseserver.framing import LineSplitter
+from sseserver.pump import LinePump
 from sseserver.verbosity import Verbosity
 
 
@@ -34,20 +35,30 @@ class ControlProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
-        self.factory.flow.add_input(self.transport)
         self._lines = LineSplitter()
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        if self.factory.verbosity.normal:
+        factory = self.factory
+        self._pump = LinePump(
+            factory.dispatcher,
+            CONTROL,
+            factory.reactor,
+            factory.flow,
+            self.transport,
+            reply=self._reply,
+            sender=self.peer,
+        )
+        factory.flow.add_input(self._pump)
+        if factory.verbosity.normal:
             self.log.info("control connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
-        self._handle(self._lines.feed(data))
+        self._pump.push(self._lines.feed(data))
 
     def connectionLost(self, reason) -> None:
-        self.factory.flow.remove_input(self.transport)
+        self.factory.flow.remove_input(self._pump)
         # A last line without a newline counts when the writer closes (SPEC §5.1).
-        self._handle(self._lines.close())
+        self._pump.finish(self._lines.close())
         if self.factory.verbosity.normal:
             self.log.info("control connection from {peer} closed", peer=self.peer)
 
@@ -65,20 +76,18 @@ class ControlProtocol(Protocol):
     def stopProducing(self) -> None:
         pass
 
-    def _handle(self, lines: list) -> None:
-        dispatcher: Dispatcher = self.factory.dispatcher
-        replies = []
-        for line in lines:
-            replies.extend(dispatcher.line(line, CONTROL, self.peer))
-        if replies:
-            self.transport.write(b"".join(encode_reply(r) for r in replies))
+    def _reply(self, replies: list) -> None:
+        self.transport.write(b"".join(encode_reply(r) for r in replies))
 
 
 class ControlFactory(Factory):
     protocol = ControlProtocol
     noisy = False
 
-    def __init__(self, dispatcher: Dispatcher, verbosity: Verbosity, flow: Congestion):
+    def __init__(
+        self, dispatcher: Dispatcher, verbosity: Verbosity, flow: Congestion, reactor
+    ):
         self.dispatcher = dispatcher
         self.verbosity = verbosity
         self.flow = flow
+        self.reactor = reactor

@@ -21,7 +21,9 @@ from zope.interface import implementer
 
 from sseserver.commands import FIFO
 from sseserver.dispatch import Dispatcher
+from sseserver.flow import NO_CONGESTION
 from sseserver.framing import LineSplitter
+from sseserver.pump import LinePump
 
 FIFO_MODE = 0o620
 READ_SIZE = 65536
@@ -76,7 +78,7 @@ class _ReadEnd:
 class FifoReader(Service):
     log = Logger()
 
-    def __init__(self, path: str, dispatcher: Dispatcher, reactor, flow=None):
+    def __init__(self, path: str, dispatcher: Dispatcher, reactor, flow=NO_CONGESTION):
         self.path = path
         self.dispatcher = dispatcher
         self.reactor = reactor
@@ -84,18 +86,17 @@ class FifoReader(Service):
         self._lines = LineSplitter()
         self._end: _ReadEnd | None = None
         self._paused = False
+        self._pump = LinePump(dispatcher, FIFO, reactor, flow, self)
 
     def startService(self) -> None:
         ensure_fifo(self.path)
         self._end = self._open()
-        if self.flow is not None:
-            self.flow.add_input(self)
+        self.flow.add_input(self._pump)
         self.log.info("FIFO reading {path}", path=self.path)
         super().startService()
 
     def stopService(self):
-        if self.flow is not None:
-            self.flow.remove_input(self)
+        self.flow.remove_input(self._pump)
         end, self._end = self._end, None
         if end is not None:
             self.reactor.removeReader(end)
@@ -108,7 +109,7 @@ class FifoReader(Service):
             self.reactor.addReader(end)
         return end
 
-    # IPushProducer, driven by the input flow control
+    # pausing the reads, for the pump
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -124,17 +125,13 @@ class FifoReader(Service):
         pass
 
     def received(self, data: bytes) -> None:
-        self._handle(self._lines.feed(data))
+        # The FIFO has no way back: errors (and tcp... replies) are logged only.
+        self._pump.push(self._lines.feed(data))
 
     def writers_gone(self, end: _ReadEnd) -> None:
         """The last writer closed: finish its line, then reopen."""
-        self._handle(self._lines.close())
+        self._pump.push(self._lines.close())
         if end is not self._end:
             return
         self._end = self._open()
         os.close(end.fd)
-
-    def _handle(self, lines: list) -> None:
-        for line in lines:
-            # The FIFO has no way back: errors (and tcp... replies) are logged only.
-            self.dispatcher.line(line, FIFO)

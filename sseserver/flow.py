@@ -63,10 +63,21 @@ class Congestion:
 
 
 class NoCongestion:
-    """For a subscriber outside a server (tests): nothing to tell."""
+    """Flow control for parts used outside a server (tests): never throttled."""
+
+    throttled = False
 
     def subscriber_paused(self) -> None:
         pass
 
     def subscriber_resumed(self) -> None:
         pass
+
+    def add_input(self, producer) -> None:
+        pass
+
+    def remove_input(self, producer) -> None:
+        pass
+
+
+NO_CONGESTION = NoCongestion()

@@ -14,14 +14,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sseserver.event import HEARTBEAT, HEARTBEAT_CHUNK, Event
-from sseserver.flow import NoCongestion
+from sseserver.fastwrite import socket_writer
+from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import Target
 
 #: Default for --max-client-buffer: unsent bytes allowed per subscriber.
 MAX_CLIENT_BUFFER = 1048576
 
 log = Logger(namespace="sseserver.registry")
-NO_CONGESTION = NoCongestion()
 
 
 def _discard(data: bytes) -> None:
@@ -88,7 +88,7 @@ class Subscriber:
         self.all_channels = all_channels
         self.client_id = client_id
         self.transport = transport
-        self._write = transport.write
+        self._write = socket_writer(transport)
         self.chunked = chunked
         self.peer = peer
         self.agent = agent

@@ -51,8 +51,11 @@ def _check_endpoint(option: str, description: str) -> str:
     try:
         endpoints.serverFromString(reactor, description)
     except Exception as error:  # the parser raises several types
+        reason = str(error)
+        if description.startswith("systemd:") and isinstance(error, LookupError):
+            reason = "no socket passed by systemd (LISTEN_FDS, LISTEN_FDNAMES)"
         raise usage.UsageError(
-            f"--{option}: bad endpoint {description!r}: {error}"
+            f"--{option}: bad endpoint {description!r}: {reason}"
         ) from None
     return description
 
@@ -297,7 +300,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         ListeningService("SSE", description, endpoint, site, reactor).setServiceParent(
             service
         )
-    control = ControlFactory(dispatcher, verbosity, flow)
+    control = ControlFactory(dispatcher, verbosity, flow, reactor)
     for description in config["control"]:
         endpoint = endpoints.serverFromString(reactor, description)
         ListeningService(

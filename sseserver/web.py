@@ -20,6 +20,7 @@ from sseserver.commands import HTTP
 from sseserver.demo import demo_page
 from sseserver.dispatch import Dispatcher
 from sseserver.event import OPENING
+from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import (
     Command,
     ProtocolError,
@@ -32,12 +33,7 @@ from sseserver.grammar import (
     route,
     split_query,
 )
-from sseserver.registry import (
-    MAX_CLIENT_BUFFER,
-    NO_CONGESTION,
-    Registry,
-    Subscriber,
-)
+from sseserver.registry import MAX_CLIENT_BUFFER, Registry, Subscriber
 from sseserver.verbosity import Verbosity
 
 SERVER_HEADER = b"sseserver/" + __version__.encode("ascii")
@@ -283,6 +279,7 @@ class SSEResource(Resource):
 #: TCP keepalive and unacknowledged-data limits for open streams: a peer that
 #: vanished without a FIN (half-open) is found within about two minutes.
 TCP_OPTIONS = [
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
     (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 60),
     (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 10),
