@@ -5,10 +5,12 @@ raw-socket clients for its SSE and control ports.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import resource
+import select
 import signal
 import socket
 import struct
@@ -87,6 +89,11 @@ class Server:
     def wait_started(self, sse: int = 1, control: int = 1) -> "Server":
         deadline = time.monotonic() + TIMEOUT
         while len(self.sse_ports) < sse or len(self.control_ports) < control:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(
+                    f"not all listeners started (exit {self.process.poll()}):\n"
+                    + "\n".join(self.lines)
+                )
             self.wait_for_log(r"listening on", timeout=deadline - time.monotonic())
             self.sse_ports, self.control_ports = [], []
             with self._changed:
@@ -146,14 +153,56 @@ class Server:
             return client.reply()
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(TIMEOUT)
-        return self.process.returncode
+        return stop_process(self.process)
+
+
+# FIFO writers
+
+
+def open_writer(path, timeout: float = TIMEOUT) -> int:
+    """A FIFO's write end, once the server holds the read end open."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def write_all(fd: int, data: bytes, timeout: float = TIMEOUT) -> None:
+    """All of C{data}, waiting while the pipe is full."""
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AssertionError("FIFO not drained by the server")
+            select.select([], [fd], [], 0.1)
+
+
+def fifo_write(path, data: bytes) -> None:
+    """One writer: open, write, close."""
+    fd = open_writer(path)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def stop_process(process: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL if it lingers; the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(TIMEOUT)
+    return process.returncode
 
 
 def _limit_fds(limit: int):
@@ -404,5 +453,7 @@ def sseload() -> str:
     """The reference load generator (shared/tools/sseload), built if needed."""
     binary = SSELOAD_DIR / "sseload"
     if not binary.exists():
-        subprocess.run(["make", "-C", str(SSELOAD_DIR)], check=True, capture_output=True)
+        subprocess.run(
+            ["make", "-C", str(SSELOAD_DIR)], check=True, capture_output=True
+        )
     return str(binary)

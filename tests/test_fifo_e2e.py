@@ -8,13 +8,10 @@ open succeeds at once, and without a reader it fails (ENXIO) instead of hanging.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import select
 import stat
 import subprocess
-import time
 
 import pytest
 from conftest import (
@@ -24,6 +21,9 @@ from conftest import (
     Stream,
     assert_events,
     expect,
+    fifo_write,
+    open_writer,
+    write_all,
 )
 
 CLOCK = r"\d\d:[0-5]\d:[0-5]\d"
@@ -32,38 +32,6 @@ CLOCK = r"\d\d:[0-5]\d:[0-5]\d"
 def version() -> str:
     text = (ROOT / "sseserver" / "__init__.py").read_text()
     return re.search(r'__version__ = "([^"]+)"', text)[1]
-
-
-def open_writer(path, timeout: float = TIMEOUT) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as error:
-            if error.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def write_all(fd: int, data: bytes, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise AssertionError("FIFO not drained by the server")
-            select.select([], [fd], [], 0.1)
-
-
-def fifo_write(path, data: bytes) -> None:
-    """One writer: open, write, close."""
-    fd = open_writer(path)
-    try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
 
 
 def message(line: str) -> str:
