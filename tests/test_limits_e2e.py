@@ -61,7 +61,9 @@ def test_request_line_over_16_kib_is_414(start_server):
 
 def test_header_over_16_kib_is_431(start_server):
     server = start_server()
-    stream = Stream(server.port, "/sse/a", headers={"X-Big": "b" * 17000}, wait_open=False)
+    stream = Stream(
+        server.port, "/sse/a", headers={"X-Big": "b" * 17000}, wait_open=False
+    )
     assert stream.status_line == "HTTP/1.1 431 Request Header Fields Too Large"
     assert stream.read_to_end() == b""
     server.wait_for_log(r"header too long$")
@@ -341,7 +343,9 @@ def noise(rng: random.Random) -> bytes:
     return b"".join(parts)
 
 
-def test_random_bytes_on_every_input_do_not_disturb_a_subscriber(start_server, tmp_path):
+def test_random_bytes_on_every_input_do_not_disturb_a_subscriber(
+    start_server, tmp_path
+):
     fifo = tmp_path / "fuzz.fifo"
     server = start_server("--fifo", str(fifo))
     server.wait_for_log(r"FIFO reading ")
