@@ -282,6 +282,8 @@ class Server:
             "tcp:0:interface=127.0.0.1:backlog=1024",
             "--control",
             "tcp:0:interface=127.0.0.1",
+            "--admin",
+            "none",
             "--loglevel",
             "quiet",
             "--heartbeat",

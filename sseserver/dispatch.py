@@ -15,6 +15,7 @@ from sseserver.grammar import (
     MAX_LINE_BYTES,
     SSE_SERVER,
     Command,
+    JsonPublish,
     ProtocolError,
     parse_line,
 )
@@ -38,6 +39,8 @@ class Dispatcher:
         self.verbosity = verbosity
         self.dialect = dialect
         self.separator = separator
+        #: Control and FIFO lines refused with an error.
+        self.errors = 0
 
     def line(self, line, source: str, sender: str = "") -> list:
         """
@@ -58,11 +61,25 @@ class Dispatcher:
         for item in items:
             if isinstance(item, Command):
                 replies.append(self.commands.run(item, source))
+            elif isinstance(item, JsonPublish):
+                ids, delivered = self.publish(item.messages, source)
+                if item.single:
+                    replies.append({"id": ids[0], "delivered": delivered})
+                else:
+                    replies.append({"ids": ids, "delivered": delivered})
             else:
-                self.hub.publish(item)
+                self.hub.publish(item, source)
         return replies
 
+    def publish(self, messages, source: str) -> tuple:
+        """Publish messages in order; their ids and the deliveries made here."""
+        hub = self.hub
+        before = hub.deliveries
+        ids = [hub.publish(message, source).id for message in messages]
+        return ids, hub.deliveries - before
+
     def refused(self, error: ProtocolError, source: str, sender: str = "") -> dict:
+        self.errors += 1
         if self.verbosity.normal:
             self.log.warn(
                 "{source}{sender}: rejected: {reason}",

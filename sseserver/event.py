@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from sseserver.grammar import Target
 
@@ -21,6 +21,8 @@ OPENING = b":ok\n\n"
 HEARTBEAT = b":\n\n"
 #: The last chunk of a chunked response.
 FINAL_CHUNK = b"0\r\n\r\n"
+#: Type of the event that tells a replayed subscriber it missed events (SPEC §2.7).
+GAP_TYPE = "sseserver-gap"
 
 
 def encode(event_id: str | None, event_type: str, data: str) -> bytes:
@@ -51,7 +53,9 @@ class Event:
 
     __slots__ = ("id", "target", "type", "data", "_wire", "_chunk")
 
-    def __init__(self, event_id: str, target: Target, event_type: str, data: str):
+    def __init__(
+        self, event_id: Optional[str], target: Target, event_type: str, data: str
+    ):
         self.id = event_id
         self.target = target
         self.type = event_type
@@ -75,6 +79,15 @@ class Event:
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.type!r} to {self.target}>"
+
+
+def gap_event(oldest_id: Optional[str]) -> Event:
+    """
+    The C{sseserver-gap} event of a replay that cannot be complete: no C{id:}
+    line (the browser's last id stays), the oldest id retained as data (empty
+    when nothing is).
+    """
+    return Event(None, Target(), GAP_TYPE, oldest_id or "")
 
 
 class IdGenerator:

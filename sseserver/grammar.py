@@ -8,6 +8,8 @@ whose text is the reason the sender sees.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 from urllib.parse import unquote_to_bytes
@@ -16,6 +18,8 @@ MAX_NAME_BYTES = 256
 MAX_CHANNELS = 256
 MAX_DATA_BYTES = 65536
 MAX_LINE_BYTES = 65536
+#: Largest body of an HTTP POST publish (SPEC §5.5).
+MAX_BODY_BYTES = 1048576
 
 SSE_SERVER = "sse-server"
 HASSES = "hasses"
@@ -108,6 +112,18 @@ class Publish:
 
     items: tuple = ()
     token: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class JsonPublish:
+    """
+    The control command C{json <object or list>} (SPEC §5.5): messages published
+    together; C{single} when an object (not a list) was given, which shapes the
+    reply.
+    """
+
+    messages: tuple = ()
+    single: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,9 @@ def parse_line(
     if b"\0" in raw:
         raise ProtocolError("NUL byte in line")
     line = decode_utf8(raw, "line").strip(" \t")
+    json_text = _json_command(line)
+    if json_text is not None:
+        return [parse_json_command(json_text, dialect)]
     items = line.split(separator) if separator else [line]
     parsed = []
     for item in items:
@@ -342,4 +361,151 @@ def parse_publish(segments: Iterable[str], params: list) -> Publish:
     return Publish(tuple(items), token)
 
 
-Parsed = Union[Message, Command]
+# --- JSON and form publishing (SPEC §5.5) --------------------------------------------------
+
+#: C{json} then blanks then an object or a list: the control port's JSON publish.
+_JSON_COMMAND = re.compile(r"json[ \t]+(?=[{\[])")
+#: Keys of a JSON publish object; C{id} is accepted and ignored.
+JSON_KEYS = frozenset({"event", "data", "target", "id"})
+#: Fields of a form publish; C{id} is accepted and ignored.
+FORM_FIELDS = JSON_KEYS
+
+
+def _json_command(line: str) -> Optional[str]:
+    match = _JSON_COMMAND.match(line)
+    return line[match.end() :] if match else None
+
+
+def _json_string(value, what: str) -> str:
+    """A JSON string that can be sent as UTF-8 (no lone surrogate)."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"invalid Unicode in {what}") from None
+    return value
+
+
+def path_target(path_channels: Iterable[str]) -> Target:
+    """The target of an HTTP publish: the path's channels (none: all-channel only)."""
+    channels = frozenset(check_name(c) for c in path_channels)
+    if len(channels) > MAX_CHANNELS:
+        raise ProtocolError(f"more than {MAX_CHANNELS} channels")
+    return Target(channels=channels)
+
+
+def _publish_message(
+    event_type, data, target, path_channels: tuple, dialect: str
+) -> Message:
+    """One event of a JSON or form publish, checked."""
+    if target is not None and path_channels:
+        raise ProtocolError("target given, but the path already names channels")
+    if target is None:
+        where = path_target(path_channels)
+    else:
+        where = parse_target(_json_string(target, "target"), dialect)
+    if event_type is None:
+        event_type = "message"
+    if data is None:
+        raise ProtocolError("missing data")
+    return Message(
+        target=where,
+        type=check_type(_json_string(event_type, "event")),
+        data=check_data(_json_string(data, "data")),
+    )
+
+
+def decode_json(raw: Union[bytes, str], where: str = "body"):
+    """JSON text to a value; L{ProtocolError} when it is not valid JSON."""
+    if isinstance(raw, bytes):
+        raw = decode_utf8(raw, where)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ProtocolError(f"JSON nested too deeply in {where}") from None
+    except ValueError as error:
+        raise ProtocolError(f"invalid JSON in {where}: {error}") from None
+
+
+def parse_json_publish(
+    obj, path_channels: Iterable[str] = (), dialect: str = SSE_SERVER
+) -> list:
+    """
+    A decoded JSON publish: an object C{{"event", "data", "target"}} or a
+    non-empty list of them, to L{Message}s.  C{data} is required; C{event}
+    defaults to C{message}; C{target} (a control-line target, SPEC §4) only when
+    the path names no channel — without either, the event goes to all-channel
+    subscribers only; C{id} is ignored.  Everything is checked before anything is
+    returned.
+    """
+    path_channels = tuple(path_channels)
+    items = obj if isinstance(obj, list) else [obj]
+    if not items:
+        raise ProtocolError("empty list: nothing to publish")
+    messages = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ProtocolError(
+                "a JSON publish is an object or a list of objects"
+                ' {"event", "data", "target"}'
+            )
+        unknown = sorted(set(item) - JSON_KEYS)
+        if unknown:
+            raise ProtocolError(f"unknown key {unknown[0]!r} in JSON publish")
+        messages.append(
+            _publish_message(
+                item.get("event"),
+                item.get("data"),
+                item.get("target"),
+                path_channels,
+                dialect,
+            )
+        )
+    return messages
+
+
+def parse_json_command(text: str, dialect: str = SSE_SERVER) -> JsonPublish:
+    """The argument of the control command C{json}: an object or a list."""
+    obj = decode_json(text, "json command")
+    return JsonPublish(
+        tuple(parse_json_publish(obj, (), dialect)), isinstance(obj, dict)
+    )
+
+
+def parse_form_publish(
+    body: bytes, path_channels: Iterable[str] = (), dialect: str = SSE_SERVER
+) -> list:
+    """
+    An C{application/x-www-form-urlencoded} publish body (fields C{event},
+    C{data}, C{target}; C{id} ignored): standard form decoding, C{+} is a
+    space, fields split at C{&}.  One event; each field at most once.
+    """
+    fields: dict = {}
+    for part in body.split(b"&"):
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition(b"=")
+        key = decode_utf8(unquote_to_bytes(raw_key.replace(b"+", b" ")), "form")
+        value = decode_utf8(unquote_to_bytes(raw_value.replace(b"+", b" ")), "form")
+        if key not in FORM_FIELDS:
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            raise ProtocolError(
+                f"unknown form field {shown!r} (fields: event, data, target;"
+                " JSON needs Content-Type: application/json)"
+            )
+        if key in fields:
+            raise ProtocolError(f"form field {key!r} given twice")
+        fields[key] = value
+    return [
+        _publish_message(
+            fields.get("event"),
+            fields.get("data"),
+            fields.get("target"),
+            tuple(path_channels),
+            dialect,
+        )
+    ]
+
+
+Parsed = Union[Message, Command, JsonPublish]

@@ -27,7 +27,7 @@ SSELOAD_DIR = ROOT.parent / "shared" / "tools" / "sseload"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 TIMEOUT = 10.0
 
-LISTENING = re.compile(r"\] (SSE|control) listening on (\S+):(\d+)$")
+LISTENING = re.compile(r"\] (SSE|control|admin) listening on (\S+):(\d+)$")
 EVENT_ID = rb"\d+-\d+"
 
 
@@ -52,6 +52,7 @@ class Server:
         threading.Thread(target=self._collect, daemon=True).start()
         self.sse_ports: list[int] = []
         self.control_ports: list[int] = []
+        self.admin_ports: list[int] = []
 
     def _collect(self) -> None:
         for raw in self.process.stdout:
@@ -86,25 +87,33 @@ class Server:
     def _stdout_open(self) -> bool:
         return not self.process.stdout.closed and self.process.poll() is None
 
-    def wait_started(self, sse: int = 1, control: int = 1) -> "Server":
+    def wait_started(self, sse: int = 1, control: int = 1, admin: int = 0) -> "Server":
         deadline = time.monotonic() + TIMEOUT
-        while len(self.sse_ports) < sse or len(self.control_ports) < control:
+
+        def waiting() -> bool:
+            return (
+                len(self.sse_ports) < sse
+                or len(self.control_ports) < control
+                or len(self.admin_ports) < admin
+            )
+
+        while waiting():
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise AssertionError(
                     f"not all listeners started (exit {self.process.poll()}):\n"
                     + "\n".join(self.lines)
                 )
             self.wait_for_log(r"listening on", timeout=deadline - time.monotonic())
-            self.sse_ports, self.control_ports = [], []
+            ports = {"SSE": [], "control": [], "admin": []}
             with self._changed:
                 for line in self.lines:
                     match = LISTENING.search(line)
                     if match:
-                        ports = (
-                            self.sse_ports if match[1] == "SSE" else self.control_ports
-                        )
-                        ports.append(int(match[3]))
-            if len(self.sse_ports) < sse or len(self.control_ports) < control:
+                        ports[match[1]].append(int(match[3]))
+            self.sse_ports = ports["SSE"]
+            self.control_ports = ports["control"]
+            self.admin_ports = ports["admin"]
+            if waiting():
                 time.sleep(0.05)
         return self
 
@@ -115,6 +124,10 @@ class Server:
     @property
     def control_port(self) -> int:
         return self.control_ports[0]
+
+    @property
+    def admin_port(self) -> int:
+        return self.admin_ports[0]
 
     def mark(self) -> int:
         """The index of the next log line, to search only what comes after."""
@@ -422,6 +435,16 @@ def assert_events(events: list, expected: list) -> list:
     return ids
 
 
+def _option_value(args, option: str):
+    """The value given to C{option} in C{args} (C{--opt v} or C{--opt=v}), or None."""
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """Start servers with extra arguments; all are stopped after the test."""
@@ -439,9 +462,13 @@ def start_server(tmp_path):
             base += ["--port", "tcp:0:interface=127.0.0.1"]
         if ports and not any(a.startswith("--control") for a in args):
             base += ["--control", "tcp:0:interface=127.0.0.1"]
+        # The admin listener's default port 8086 is fixed: off unless asked for.
+        admin = _option_value(args, "--admin")
+        if admin is None:
+            base += ["--admin", "none"]
         server = Server([*base, *args], tmp_path, fd_limit)
         servers.append(server)
-        return server.wait_started(sse, control)
+        return server.wait_started(sse, control, 0 if admin in (None, "none") else 1)
 
     yield start
     for server in servers:

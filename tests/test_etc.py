@@ -313,6 +313,9 @@ class ActivatedServer:
                 # the socket unit; Twisted ignores unnamed ones.
                 "--fdname",
                 "sseserver.socket",
+                # It passes no environment of its own: run this checkout.
+                "--setenv=PYTHONPATH",
+                "--setenv=PYTHONUNBUFFERED",
                 TWISTD,
                 "-n",
                 "--pidfile=",
@@ -321,6 +324,8 @@ class ActivatedServer:
                 endpoint,
                 "--control",
                 "tcp:0:interface=127.0.0.1",
+                "--admin",
+                "none",
                 "--heartbeat",
                 "0",
             ],
@@ -442,6 +447,7 @@ def init_script(tmp_path):
         "# test configuration\n"
         "--port tcp:0:interface=127.0.0.1\n"
         "--control tcp:0:interface=127.0.0.1\n"
+        "--admin none\n"
         f"--fifo {run}/fifo\n"
     )
     defaults = tmp_path / "default"
