@@ -27,6 +27,7 @@ from sseserver.pump import LinePump
 
 FIFO_MODE = 0o620
 READ_SIZE = 65536
+READS_PER_CALL = 16
 
 
 def check_fifo_path(path: str) -> None:
@@ -62,13 +63,22 @@ class _ReadEnd:
         return "fifo"
 
     def doRead(self):
-        try:
-            data = os.read(self.fd, READ_SIZE)
-        except BlockingIOError:
-            return None
-        if not data:
-            return CONNECTION_DONE
-        self.owner.received(data)
+        """
+        Read until the pipe is empty.  A read on an empty pipe without writers
+        says end-of-file even when epoll does not (a read end opened after the
+        last writer left never reports a hang-up), so draining is how a writer
+        that came and went during a reopen is noticed.
+        """
+        for _ in range(READS_PER_CALL):
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return None
+            if not data:
+                return CONNECTION_DONE
+            self.owner.received(data)
+            if self.owner.paused:  # the pump holds its input
+                return None
         return None
 
     def connectionLost(self, reason) -> None:
@@ -85,7 +95,7 @@ class FifoReader(Service):
         self.flow = flow
         self._lines = LineSplitter()
         self._end: _ReadEnd | None = None
-        self._paused = False
+        self.paused = False
         self._pump = LinePump(dispatcher, FIFO, reactor, flow, self)
 
     def startService(self) -> None:
@@ -105,19 +115,19 @@ class FifoReader(Service):
 
     def _open(self) -> _ReadEnd:
         end = _ReadEnd(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), self)
-        if not self._paused:
+        if not self.paused:
             self.reactor.addReader(end)
         return end
 
     # pausing the reads, for the pump
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self.paused = True
         if self._end is not None:
             self.reactor.removeReader(self._end)
 
     def resumeProducing(self) -> None:
-        self._paused = False
+        self.paused = False
         if self._end is not None:
             self.reactor.addReader(self._end)
 
@@ -129,9 +139,8 @@ class FifoReader(Service):
         self._pump.push(self._lines.feed(data))
 
     def writers_gone(self, end: _ReadEnd) -> None:
-        """The last writer closed: finish its line, then reopen."""
+        """The last writer closed: reopen, then finish its line."""
+        if end is self._end:
+            self._end = self._open()
+            os.close(end.fd)
         self._pump.push(self._lines.close())
-        if end is not self._end:
-            return
-        self._end = self._open()
-        os.close(end.fd)

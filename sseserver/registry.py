@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sseserver.event import HEARTBEAT, HEARTBEAT_CHUNK, Event
+from sseserver.event import FINAL_CHUNK, HEARTBEAT, HEARTBEAT_CHUNK, Event
 from sseserver.fastwrite import socket_writer
 from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import Target
@@ -57,7 +57,6 @@ class Subscriber:
         "errors",
         "written",
         "chunked",
-        "request",
         "transport",
         "paused",
         "backlog",
@@ -79,7 +78,6 @@ class Subscriber:
         ssl: bool = False,
         connected_at: float = 0.0,
         handshaked_at: float = 0.0,
-        request: object = None,
         max_buffer: int = MAX_CLIENT_BUFFER,
         flow=NO_CONGESTION,
     ):
@@ -95,7 +93,6 @@ class Subscriber:
         self.ssl = ssl
         self.connected_at = connected_at
         self.handshaked_at = handshaked_at
-        self.request = request
         self.messages = 0
         self.errors = 0
         self.written = True  # the stream's opening line was just written
@@ -121,6 +118,23 @@ class Subscriber:
             if self.paused:
                 self._held(len(frame))
         self.written = False
+
+    def finish(self) -> None:
+        """
+        Write the final chunk (HTTP/1.1) and nothing after it.  No longer the
+        transport's producer: a paused producer would keep a closing transport
+        waiting for it instead of closing once the buffer is sent.
+        """
+        self._set_paused(False)
+        self.transport.unregisterProducer()
+        if self.chunked:
+            self._write(FINAL_CHUNK)
+        self._write = _discard
+
+    def end(self) -> None:
+        """End the stream cleanly: the final chunk, then close."""
+        self.finish()
+        self.transport.loseConnection()
 
     def _held(self, size: int) -> None:
         self.backlog += size
@@ -222,6 +236,15 @@ class Registry:
     def count_channel(self, channel: str) -> int:
         """Subscribers holding exactly this channel (all-channel ones not counted)."""
         return len(self._by_channel.get(channel, ()))
+
+    def subscription_counts(self) -> dict:
+        """For the metrics: subscriber x channel pairs, all-channel subscribers,
+        and channels held by anyone."""
+        return {
+            "channel": sum(len(members) for members in self._by_channel.values()),
+            "all": len(self._all_channels),
+            "channels": len(self._by_channel),
+        }
 
     def match(self, target: Target) -> list:
         """The subscribers an event to C{target} reaches, each once (SPEC §4)."""

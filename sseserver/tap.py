@@ -17,13 +17,14 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from sseserver.admin import DEFAULT_ADMIN, AdminResource, AdminSite
 from sseserver.commands import Commands, ServerState
 from sseserver.control import ControlFactory
 from sseserver.dispatch import Dispatcher
 from sseserver.fifo import FifoReader, check_fifo_path
 from sseserver.flow import Congestion
 from sseserver.grammar import DIALECTS, HASSES
-from sseserver.hub import Hub
+from sseserver.hub import HISTORY, Hub
 from sseserver.listeners import ListeningService
 from sseserver.registry import MAX_CLIENT_BUFFER, Registry
 from sseserver.verbosity import LEVEL_NAMES, Verbosity
@@ -91,6 +92,7 @@ class Options(usage.Options):
     optFlags = [
         ["http-publish", None, "Allow publishing with HTTP GET queries on --port."],
         ["allow-commands", None, "Accept halt on the control port and HTTP commands."],
+        ["reinit", None, "hasses -ra: a new GET on an open stream re-initialises it."],
         ["no-demo", None, "Do not serve the demo page at /."],
     ]
     optParameters = [
@@ -106,6 +108,18 @@ class Options(usage.Options):
             "Seconds between heartbeats to idle streams; 0: off.",
         ],
         ["retry", None, None, "Send 'retry: MS' at the start of each stream."],
+        [
+            "history",
+            None,
+            str(HISTORY),
+            "Events kept for Last-Event-ID replay; 0: no replay.",
+        ],
+        [
+            "admin",
+            None,
+            DEFAULT_ADMIN,
+            "Admin HTTP endpoint (/metrics, /healthz, /status, /clients); 'none'.",
+        ],
         ["max-clients", None, "0", "Open subscribers allowed (0: no limit)."],
         [
             "max-client-buffer",
@@ -190,6 +204,10 @@ class Options(usage.Options):
             _check_endpoint("port", endpoint)
         for endpoint in self["control"]:
             _check_endpoint("control", endpoint)
+        if self["admin"] == "none":
+            self["admin"] = None
+        else:
+            _check_endpoint("admin", self["admin"])
         if not self["prefix"].startswith("/"):
             raise usage.UsageError(f"--prefix: must start with '/': {self['prefix']!r}")
         if self["dialect"] not in DIALECTS:
@@ -207,6 +225,7 @@ class Options(usage.Options):
             )
         self["heartbeat"] = _number("heartbeat", self["heartbeat"])
         self["max-clients"] = _number("max-clients", self["max-clients"])
+        self["history"] = _number("history", self["history"])
         self["max-client-buffer"] = _number(
             "max-client-buffer", self["max-client-buffer"], minimum=1
         )
@@ -242,13 +261,16 @@ def raise_fd_limit() -> None:
 class StreamsService(Service):
     """Ends every stream cleanly (final chunk, close) when the server stops."""
 
-    def __init__(self, sites: list):
+    def __init__(self, sites: list, hub: Optional[Hub] = None):
         self.sites = sites
+        self.hub = hub
 
     def stopService(self):
         from twisted.internet.defer import gatherResults
 
         super().stopService()
+        if self.hub is not None:
+            self.hub.stopping = True  # the disconnects that follow are ours
         return gatherResults([site.end_all_streams() for site in self.sites])
 
 
@@ -258,7 +280,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     raise_fd_limit()
     verbosity = Verbosity.named(config["loglevel"])
     registry = Registry(clock=reactor.seconds)
-    hub = Hub(registry, verbosity, clock=time.time)
+    hub = Hub(registry, verbosity, clock=time.time, history=config["history"])
 
     def halt() -> None:
         if reactor.running:
@@ -268,6 +290,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         mode=stream_mode(config["port"]),
         cors_origins=tuple(config["cors-origin"]),
         allow_commands=config["allow-commands"],
+        reinit=config["reinit"],
         halt=halt,
     )
     flow = Congestion(registry, verbosity)
@@ -292,20 +315,25 @@ def makeService(config: Options, reactor=None) -> MultiService:
     )
 
     service = MultiService()
-    sites = [SSESite(resource) for _ in config["port"]]
+    sites = [SSESite(resource, state=state) for _ in config["port"]]
     # Added first, so stopped last: streams end after the listeners have closed.
-    StreamsService(sites).setServiceParent(service)
-    for description, site in zip(config["port"], sites):
+    StreamsService(sites, hub).setServiceParent(service)
+    listeners = []  # for the admin's /status
+
+    def listen(kind: str, description: str, factory) -> None:
         endpoint = endpoints.serverFromString(reactor, description)
-        ListeningService("SSE", description, endpoint, site, reactor).setServiceParent(
-            service
-        )
+        listener = ListeningService(kind, description, endpoint, factory, reactor)
+        listener.setServiceParent(service)
+        listeners.append(listener)
+
+    for description, site in zip(config["port"], sites):
+        listen("SSE", description, site)
     control = ControlFactory(dispatcher, verbosity, flow, reactor)
     for description in config["control"]:
-        endpoint = endpoints.serverFromString(reactor, description)
-        ListeningService(
-            "control", description, endpoint, control, reactor
-        ).setServiceParent(service)
+        listen("control", description, control)
+    if config["admin"] is not None:
+        admin = AdminResource(registry, hub, dispatcher, commands, listeners)
+        listen("admin", config["admin"], AdminSite(admin, verbosity))
     if config["fifo"] is not None:
         fifo = FifoReader(os.path.abspath(config["fifo"]), dispatcher, reactor, flow)
         fifo.setServiceParent(service)

@@ -6,6 +6,7 @@ an HTTP publish (SPEC §5.5), the demo page or an error (SPEC §2).
 from __future__ import annotations
 
 import hmac
+import json
 import socket
 from typing import Optional
 
@@ -13,20 +14,24 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sseserver import __version__
-from sseserver.commands import HTTP
+from sseserver.commands import HTTP, ServerState
 from sseserver.demo import demo_page
 from sseserver.dispatch import Dispatcher
 from sseserver.event import OPENING
 from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import (
+    MAX_BODY_BYTES,
     Command,
     ProtocolError,
     Subscription,
     accepts_event_stream,
+    decode_json,
     is_subscription,
+    parse_form_publish,
+    parse_json_publish,
     parse_publish,
     parse_subscription,
     percent_decode,
@@ -34,16 +39,24 @@ from sseserver.grammar import (
     split_query,
 )
 from sseserver.registry import MAX_CLIENT_BUFFER, Registry, Subscriber
+from sseserver.stream import Stream, hand_over, set_protocol
 from sseserver.verbosity import Verbosity
 
 SERVER_HEADER = b"sseserver/" + __version__.encode("ascii")
-ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
+#: The methods of the prefix (POST publishes, with --http-publish).
+ALLOWED_METHODS = b"GET, HEAD, OPTIONS, POST"
+#: What a preflight allows without --http-publish: subscribing.
+STREAM_METHODS = b"GET, HEAD, OPTIONS"
 PREFLIGHT_HEADERS = b"Cache-Control, Last-Event-ID, X-Requested-With"
-PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization"
+PREFLIGHT_PUBLISH_HEADERS = PREFLIGHT_HEADERS + b", Authorization, Content-Type"
+#: Media types of a POST publish body (SPEC §5.5).
+FORM = b"application/x-www-form-urlencoded"
+JSON = b"application/json"
+#: Seconds a refused over-long body is still read (and dropped) so that the peer
+#: sees the 413 instead of a reset.
+BODY_LINGER = 5
 #: Seconds a connection may stay idle before it has sent a whole request.
 REQUEST_TIMEOUT = 60
-#: Bytes a peer may send on an open stream before it is disconnected.
-MAX_IGNORED_BYTES = 65536
 #: Seconds a subscriber refused for --max-clients is told to wait.
 RETRY_AFTER = 5
 
@@ -101,6 +114,7 @@ class SSEResource(Resource):
         super().__init__()
         self.registry = registry
         self.dispatcher = dispatcher
+        self.hub = dispatcher.hub
         self.verbosity = verbosity
         self.prefix = prefix.encode("utf-8")
         self.cors_origins = tuple(cors_origins)
@@ -140,8 +154,10 @@ class SSEResource(Resource):
             return NOT_DONE_YET
         if request.method == b"OPTIONS":
             return self._preflight(request, bool(cors))
-        if request.method == b"POST" and not self.http_publish:
-            return self._publish_disabled(request)
+        if request.method == b"POST":
+            if not self.http_publish:
+                return self._publish_disabled(request)
+            return self._post(request, where)
         request.setHeader(b"allow", ALLOWED_METHODS)
         return self._text(request, 405, "method not allowed")
 
@@ -157,8 +173,11 @@ class SSEResource(Resource):
         request.setResponseCode(204)
         if not allowed:
             return b""
-        headers = PREFLIGHT_PUBLISH_HEADERS if self.http_publish else PREFLIGHT_HEADERS
-        request.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
+        if self.http_publish:
+            methods, headers = ALLOWED_METHODS, PREFLIGHT_PUBLISH_HEADERS
+        else:
+            methods, headers = STREAM_METHODS, PREFLIGHT_HEADERS
+        request.setHeader(b"access-control-allow-methods", methods)
         request.setHeader(b"access-control-allow-headers", headers)
         request.setHeader(b"access-control-max-age", b"86400")
         return b""
@@ -221,6 +240,47 @@ class SSEResource(Resource):
                 offered.append(percent_decode(value, "query").encode("utf-8"))
         return any(hmac.compare_digest(token, expected) for token in offered)
 
+    # POST: publish a form or a JSON body (SPEC §5.5)
+
+    def _post(self, request, where) -> bytes:
+        """
+        Publish the body's events to the path's channels (or the JSON target);
+        reply with their ids and the deliveries made.  Nothing is published
+        unless every event is valid.
+        """
+        try:
+            params = split_query(where.query)
+            if not self._authorized(request, params):
+                request.setHeader(b"www-authenticate", b'Bearer realm="sseserver"')
+                return self._text(request, 401, "missing or wrong publish token")
+            for key, _ in params:
+                if percent_decode(key, "query") != "token":
+                    raise ProtocolError(
+                        "a POST publish takes no query parameter but token"
+                    )
+            request.content.seek(0)
+            body = request.content.read()
+            kind = media_type(request.getHeader(b"content-type"))
+            dialect = self.dispatcher.dialect
+            if kind == JSON or kind.endswith(b"+json"):
+                messages = parse_json_publish(
+                    decode_json(body), where.segments, dialect
+                )
+            elif kind in (FORM, b""):
+                messages = parse_form_publish(body, where.segments, dialect)
+            else:
+                return self._text(
+                    request,
+                    415,
+                    "send application/x-www-form-urlencoded or application/json",
+                )
+            ids, delivered = self.dispatcher.publish(messages, HTTP)
+        except ProtocolError as error:
+            return self._text(request, error.status, str(error))
+        reply = {"accepted": len(ids), "ids": ids, "delivered": delivered}
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(reply).encode("utf-8") + b"\n"
+
     def _subscribe(self, request, subscription: Subscription):
         if self.max_clients and len(self.registry) >= self.max_clients:
             request.setHeader(b"retry-after", b"%d" % RETRY_AFTER)
@@ -230,13 +290,13 @@ class SSEResource(Resource):
         self._stream_headers(request)
         request.write(self.opening)
         channel = request.channel
-        channel.start_stream()
+        keep_alive(channel.transport)
         now = self.registry.clock()
         subscriber = Subscriber(
             number=channel.number,
             channels=subscription.channels,
             all_channels=subscription.all_channels,
-            client_id=subscription.client_id,
+            client_id=subscription.client_id or channel.kept_client_id,
             transport=channel.transport,
             chunked=bool(request.chunked),
             peer=address_text(request.getClientAddress()),
@@ -246,13 +306,17 @@ class SSEResource(Resource):
             ssl=request.isSecure(),
             connected_at=channel.connected_at,
             handshaked_at=now,
-            request=request,
             max_buffer=self.max_client_buffer,
             flow=self.flow,
         )
-        request.registerProducer(subscriber, True)
+        channel.site.log(request)  # the access line, now: the request is let go
+        channel.site.stream_opened(channel, Stream(subscriber, channel.site))
         self.registry.add(subscriber)
-        request.notifyFinish().addBoth(self._gone, subscriber)
+        self.hub.replay(
+            subscriber,
+            request.getHeader(b"last-event-id"),
+            subscription.last_event_id,
+        )
         if self.verbosity.normal:
             self.log.info(
                 "subscriber <{number}> {peer} connected: {channels} id={id}",
@@ -264,16 +328,6 @@ class SSEResource(Resource):
                 id=subscriber.client_id or "",
             )
         return NOT_DONE_YET
-
-    def _gone(self, reason, subscriber: Subscriber) -> None:
-        if self.registry.remove(subscriber) and self.verbosity.normal:
-            self.log.info(
-                "subscriber <{number}> {peer} disconnected after {messages} messages",
-                number=subscriber.number,
-                peer=subscriber.peer,
-                messages=subscriber.messages,
-            )
-        subscriber.request = None
 
 
 #: TCP keepalive and unacknowledged-data limits for open streams: a peer that
@@ -306,13 +360,13 @@ def keep_alive(transport) -> None:
 
 class SSEChannel(HTTPChannel):
     """
-    One connection on the SSE port: counted (C{allconncli}) and numbered.  Once
-    it carries a stream, bytes from the peer are discarded, up to a cap; an
-    over-long request line or header gets its status before the close.
+    One connection on the SSE port until it carries a stream (then a L{Stream}
+    takes its place): counted (C{allconncli}) and numbered; an over-long request
+    line or header gets its status before the close.
     """
 
-    streaming = False
-    ignored = 0
+    #: The client id of the stream this connection carried before a reinit.
+    kept_client_id: Optional[str] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -322,45 +376,81 @@ class SSEChannel(HTTPChannel):
         self.connected_at = registry.clock()
         self.site.channels.add(self)
 
-    def start_stream(self) -> None:
-        """From now on the peer has nothing more to say (SPEC §2.8, reinit off)."""
-        self.streaming = True
-        self.setTimeout(None)  # heartbeats and keepalives watch an open stream
-        keep_alive(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.streaming:
-            return super().dataReceived(data)
-        self.ignored += len(data)
-        if self.ignored > MAX_IGNORED_BYTES:
-            self._log_rejected("sent more than 64 KiB on an open stream")
-            self.transport.abortConnection()
-
     def lineLengthExceeded(self, line: bytes) -> None:
         """Twisted's 16 KiB line limit: 414 for the request line, else 431."""
         if b":" in line.split(b" ", 1)[0]:
             status, reason = b"431 Request Header Fields Too Large", "header too long"
         else:
             status, reason = b"414 URI Too Long", "request line too long"
-        self._log_rejected(reason)
+        self.site.log_rejected(self, reason)
         self.transport.write(
             b"HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status
         )
         self.transport.loseConnection()
 
-    def _log_rejected(self, reason: str) -> None:
-        if self.site.verbosity.normal:
-            self.site.access_log.warn(
-                "connection <{number}> {peer}: {reason}",
-                number=self.number,
-                peer=address_text(self.transport.getPeer()),
-                reason=reason,
+    def connectionLost(self, reason) -> None:
+        self.site.connection_closed(self)
+        super().connectionLost(reason)
+
+
+def media_type(content_type: Optional[bytes]) -> bytes:
+    """C{application/json; charset=utf-8} -> C{application/json}; none: empty."""
+    return (content_type or b"").split(b";", 1)[0].strip().lower()
+
+
+class SSERequest(Request):
+    """
+    A request on the SSE port whose body may not exceed L{MAX_BODY_BYTES}: past
+    that (known from Content-Length, or counted) it gets its 413 at once and the
+    rest of the body is dropped, not stored.
+    """
+
+    too_large = False
+    received = 0
+
+    def gotLength(self, length) -> None:
+        if length is not None and length > MAX_BODY_BYTES:
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self.received += len(data)
+        if self.received > MAX_BODY_BYTES:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self.too_large = True
+        channel = self.channel
+        channel.site.log_rejected(channel, "request body over 1 MiB")
+        text = b"request body longer than %d bytes\n" % MAX_BODY_BYTES
+        channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(text), text)
+        )
+        expect = self.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue":
+            # The peer waits for a 100 Continue before it sends the body: no
+            # body is coming, and no 100 Continue must follow the 413.
+            self.requestHeaders.removeHeader(b"expect")
+            channel.transport.loseConnection()
+        else:
+            # Closing with unread data would reset the connection, and the peer
+            # might lose the answer: drop the body for a while, then close.
+            channel.site.reactor.callLater(
+                BODY_LINGER, channel.transport.abortConnection
             )
 
-    def connectionLost(self, reason) -> None:
-        self.site.registry.connections -= 1
-        self.site.channel_closed(self)
-        super().connectionLost(reason)
+    def requestReceived(self, command, path, version) -> None:
+        if self.too_large:
+            self.channel.transport.loseConnection()
+            return
+        super().requestReceived(command, path, version)
 
 
 class SSESite(Site):
@@ -370,23 +460,87 @@ class SSESite(Site):
     """
 
     protocol = SSEChannel
+    requestFactory = SSERequest
     displayTracebacks = False
     access_log = Logger()
 
-    def __init__(self, resource: SSEResource, timeout: float = REQUEST_TIMEOUT):
+    def __init__(
+        self,
+        resource: SSEResource,
+        timeout: float = REQUEST_TIMEOUT,
+        state: Optional[ServerState] = None,
+    ):
         super().__init__(resource, timeout=timeout)
         self.registry = resource.registry
         self.verbosity = resource.verbosity
+        self.state = state if state is not None else ServerState()
         self.channels: set = set()
         self._all_closed: list = []
+
+    def reinit(self, stream: Stream, data: bytes) -> bool:
+        """
+        hasses -ra (SPEC §2.8): end the stream cleanly (final chunk) and serve
+        the new request on the same connection, keeping the client id when the
+        new request names none.  Only a chunked stream can carry a second
+        response; C{False} when reinit is off or impossible.
+        """
+        subscriber = stream.subscriber
+        if not (self.state.reinit and subscriber.chunked):
+            return False
+        transport = subscriber.transport
+        subscriber.finish()
+        self.state.reinits += 1
+        self.stream_closed(stream)
+        if self.verbosity.normal:
+            self.resource.log.info(
+                "subscriber <{number}> {peer} reinitialised its stream",
+                number=subscriber.number,
+                peer=subscriber.peer,
+            )
+        channel = self.buildProtocol(transport.getPeer())
+        channel.kept_client_id = subscriber.client_id
+        set_protocol(transport, channel)
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        return True
 
     def log(self, request) -> None:
         if self.verbosity.normal:
             line = self._logFormatter(self._logDateTime, request)
             self.access_log.info("{line}", line=line)
 
-    def channel_closed(self, channel) -> None:
+    def log_rejected(self, connection, reason: str) -> None:
+        if self.verbosity.normal:
+            self.access_log.warn(
+                "connection <{number}> {peer}: {reason}",
+                number=connection.number,
+                peer=address_text(connection.transport.getPeer()),
+                reason=reason,
+            )
+
+    def stream_opened(self, channel: SSEChannel, stream: Stream) -> None:
+        """The stream takes the channel's place (see L{sseserver.stream})."""
+        hand_over(channel, stream)
         self.channels.discard(channel)
+        self.channels.add(stream)
+
+    def stream_closed(self, stream: Stream) -> None:
+        subscriber = stream.subscriber
+        removed = self.registry.remove(subscriber)
+        if removed:
+            self.resource.hub.disconnected(subscriber)
+        if removed and self.verbosity.normal:
+            self.resource.log.info(
+                "subscriber <{number}> {peer} disconnected after {messages} messages",
+                number=subscriber.number,
+                peer=subscriber.peer,
+                messages=subscriber.messages,
+            )
+        self.connection_closed(stream)
+
+    def connection_closed(self, connection) -> None:
+        self.registry.connections -= 1
+        self.channels.discard(connection)
         if not self.channels:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
@@ -395,12 +549,9 @@ class SSESite(Site):
     def end_all_streams(self) -> defer.Deferred:
         """End every stream with its final chunk, close every connection."""
         for subscriber in list(self.registry):
-            request = subscriber.request
-            if request is not None and not request.finished:
-                request.unregisterProducer()
-                request.finish()
-        for channel in list(self.channels):
-            channel.transport.loseConnection()
+            subscriber.end()
+        for connection in list(self.channels):
+            connection.transport.loseConnection()
         if not self.channels:
             return defer.succeed(None)
         d = defer.Deferred()

@@ -244,6 +244,8 @@ def test_churn_leaves_no_subscriber_fd_or_memory_behind(start_server):
                 client.send(b"churn=tick\n" * 20)
                 published[0] += 20
                 time.sleep(0.01)
+            # on the same connection: lines of one publisher keep their order
+            client.send(b"churn=" + END + b"\n")
 
     publisher = threading.Thread(target=publish)
     publisher.start()
@@ -258,7 +260,6 @@ def test_churn_leaves_no_subscriber_fd_or_memory_behind(start_server):
     finally:
         stop.set()
         publisher.join()
-    server.control(b"churn=" + END + b"\n")
     events = watcher.read_until(lambda body: b"data: END\n\n" in body)
     assert events.count(b"data: tick\n") == published[0]
     deadline = time.monotonic() + TIMEOUT
