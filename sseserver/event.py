@@ -1,7 +1,7 @@
 """
 Events and their wire encoding (SPEC §2.4) — the one place that writes SSE bytes.
 
-An L{Event} is encoded once, lazily, and the same bytes (and the same HTTP/1.1 chunk)
+An L{Event} is encoded once, and the same bytes (and the same HTTP/1.1 chunk)
 are shared by every subscriber that receives it.
 """
 
@@ -49,9 +49,13 @@ HEARTBEAT_CHUNK = chunk(HEARTBEAT)
 
 
 class Event:
-    """An accepted event: immutable, with its encoding computed once."""
+    """
+    An accepted event: immutable, with its encoding computed once, when it is
+    made, and shared by every subscriber (plain attributes: the fan-out loop reads
+    them once per delivery).
+    """
 
-    __slots__ = ("id", "target", "type", "data", "_wire", "_chunk")
+    __slots__ = ("id", "target", "type", "data", "wire", "chunk")
 
     def __init__(
         self, event_id: Optional[str], target: Target, event_type: str, data: str
@@ -60,22 +64,10 @@ class Event:
         self.target = target
         self.type = event_type
         self.data = data
-        self._wire: bytes | None = None
-        self._chunk: bytes | None = None
-
-    @property
-    def wire(self) -> bytes:
-        """The event's bytes for an unchunked (HTTP/1.0) stream."""
-        if self._wire is None:
-            self._wire = encode(self.id, self.type, self.data)
-        return self._wire
-
-    @property
-    def chunk(self) -> bytes:
-        """The event's bytes framed as one HTTP/1.1 chunk."""
-        if self._chunk is None:
-            self._chunk = chunk(self.wire)
-        return self._chunk
+        #: The event's bytes for an unchunked (HTTP/1.0) stream.
+        self.wire = encode(event_id, event_type, data)
+        #: The same framed as one HTTP/1.1 chunk.
+        self.chunk = chunk(self.wire)
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.type!r} to {self.target}>"
