@@ -159,6 +159,16 @@ class Server:
             while s.recv(65536):
                 pass
 
+    def wait_subscribed(self, channel: str, count: int) -> None:
+        """Wait until the server counts C{count} subscribers of C{channel}."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            reply = self.command(b"tcpsubscribedclients:" + channel.encode())
+            if reply["subscribedclients"] == count:
+                return
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.05)
+
     def command(self, line: bytes) -> dict:
         """Send one line, return the one JSON object replied."""
         with ControlClient(self.control_port) as client:

@@ -191,4 +191,3 @@ class Forwarder:
         self.selector.close()
         for sock in (self.listener, self._wake_read, self._wake):
             sock.close()
-

@@ -196,17 +196,6 @@ def shown(browser: Browser) -> list:
     )
 
 
-def subscribed(server, channel: str, count: int) -> None:
-    """Wait until the server counts C{count} subscribers of C{channel}."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        reply = server.command(b"tcpsubscribedclients:" + channel.encode())
-        if reply["subscribedclients"] == count:
-            return
-        assert time.monotonic() < deadline, reply
-        time.sleep(0.05)
-
-
 def test_demo_page_receives_control_and_fifo_events(start_server, browser, tmp_path):
     fifo = tmp_path / "sse.fifo"
     server = start_server("--fifo", str(fifo), "--retry", "300")
@@ -287,7 +276,7 @@ def test_browser_reconnects_after_a_cut_and_gets_the_missed_events_by_replay(
     connected(browser, "demo")
     browser.eval(LISTEN % TYPES)
     raw = Stream(server.port, "/sse/demo")
-    subscribed(server, "demo", 2)
+    server.wait_subscribed("demo", 2)
     server.control(b"demo = before 1\ndemo/update = before 2\n")
     before = got(browser, 2)
     assert [(e["type"], e["data"]) for e in before] == [
@@ -303,7 +292,7 @@ def test_browser_reconnects_after_a_cut_and_gets_the_missed_events_by_replay(
         "reconnecting..."
     )
     forwarder.wait_pending(1)  # it reconnects by itself
-    subscribed(server, "demo", 1)  # only the raw subscriber is left
+    server.wait_subscribed("demo", 1)  # only the raw subscriber is left
     # Published while the browser is away: control port and FIFO.
     server.control(
         b"demo = missed 1\ndemo/update = missed\r2\n"
@@ -396,7 +385,7 @@ def test_demo_page_publishes_with_its_form(start_server, browser):
     connected(browser, "demo")
     browser.eval(LISTEN % TYPES)
     raw = Stream(server.port, "/sse/demo")
-    subscribed(server, "demo", 2)
+    server.wait_subscribed("demo", 2)
     server.control(b"demo = Hello from the control port\n")
 
     # Typed as a user would: a type, two lines, non-ASCII, '+' and '&'.
@@ -421,9 +410,7 @@ def test_demo_page_publishes_with_its_form(start_server, browser):
         data,
         event_id,
     )
-    assert browser.eval("document.getElementById('types').value") == (
-        "message update"
-    )
+    assert browser.eval("document.getElementById('types').value") == ("message update")
     # An empty type is a "message"; the path names the channels.
     result = publish_with_form(browser, "demo/other", "", "from the form")
     (event_id,) = json.loads(result["reply"].partition(" ")[2])["ids"]

@@ -86,10 +86,14 @@ class Nginx:
         self.process = subprocess.Popen(
             [
                 NGINX,
-                "-p", str(workdir),
-                "-e", str(logs / "error.log"),
-                "-c", str(conf),
-                "-g", "daemon off;",
+                "-p",
+                str(workdir),
+                "-e",
+                str(logs / "error.log"),
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
             ],
             stdin=subprocess.DEVNULL,
             stdout=self.output,
@@ -159,7 +163,11 @@ def test_events_pass_through_nginx_unbuffered(nginx_in_front):
 
     published = [
         (b"news = first\n", b"first", None),
-        ("news/update = caf\u00e9 \u2603\n".encode(), "caf\u00e9 \u2603".encode(), b"update"),
+        (
+            "news/update = caf\u00e9 \u2603\n".encode(),
+            "caf\u00e9 \u2603".encode(),
+            b"update",
+        ),
         (b"news = two\rlines\n", b"two\nlines", None),
         (b"other = not for news\n", None, None),
         (b"news = " + b"x" * 60000 + b"\n", b"x" * 60000, None),
@@ -216,7 +224,8 @@ def test_last_event_id_passes_through_nginx(nginx_in_front):
     server.control(b"news = live\n")
     events = again.read_events(3, timeout=UNBUFFERED)
     assert time.monotonic() - started < UNBUFFERED
-    assert assert_events(events, [(b"two", None), (b"three", None), (b"live", None)])[
-        :2
-    ] == ids[1:]
+    assert (
+        assert_events(events, [(b"two", None), (b"three", None), (b"live", None)])[:2]
+        == ids[1:]
+    )
     again.close()

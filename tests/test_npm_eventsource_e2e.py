@@ -148,16 +148,6 @@ def event(type_: str, data: str, event_id: str) -> dict:
     return {"type": type_, "data": data, "lastEventId": event_id}
 
 
-def subscribed(server, channel: str, count: int) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        reply = server.command(b"tcpsubscribedclients:" + channel.encode())
-        if reply["subscribedclients"] == count:
-            return
-        assert time.monotonic() < deadline, reply
-        time.sleep(0.05)
-
-
 TYPES = ["message", "update", "empty", "sseserver-gap"]
 
 
@@ -167,7 +157,7 @@ def test_npm_eventsource_receives_exactly_what_was_published(start_server, liste
     node = listeners(url, TYPES)
     assert node.next() == [{"open": url}]
     raw = Stream(server.port, "/sse/news")
-    subscribed(server, "news", 2)
+    server.wait_subscribed("news", 2)
 
     server.control(
         b"news = hello\n"
@@ -238,7 +228,7 @@ def test_npm_eventsource_reconnects_and_replays_what_it_missed(
     url = f"http://127.0.0.1:{forwarder.port}/sse/news"
     node = listeners(url, TYPES)
     assert node.next() == [{"open": url}]
-    subscribed(server, "news", 1)
+    server.wait_subscribed("news", 1)
     server.control(b"news = one\nnews/update = two\n")
     before = node.next(2)
     assert [(e["type"], e["data"]) for e in before] == [
@@ -253,7 +243,7 @@ def test_npm_eventsource_reconnects_and_replays_what_it_missed(
     assert error.keys() == {"error", "readyState"}
     assert error["readyState"] == 0  # CONNECTING: it will reconnect
     forwarder.wait_pending(1)
-    subscribed(server, "news", 0)
+    server.wait_subscribed("news", 0)
     server.control("news = missed \u2603\nnews/empty =\nnews = missed 3\n".encode())
     node.assert_quiet()
     forwarder.release()
