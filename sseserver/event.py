@@ -44,7 +44,6 @@ def chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-OPENING_CHUNK = chunk(OPENING)
 HEARTBEAT_CHUNK = chunk(HEARTBEAT)
 
 

@@ -506,6 +506,3 @@ def parse_form_publish(
             dialect,
         )
     ]
-
-
-Parsed = Union[Message, Command, JsonPublish]

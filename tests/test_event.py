@@ -14,7 +14,6 @@ from sseserver.event import (
     HEARTBEAT,
     HEARTBEAT_CHUNK,
     OPENING,
-    OPENING_CHUNK,
     Event,
     IdGenerator,
     chunk,
@@ -85,7 +84,7 @@ class TestChunk:
         assert OPENING == b":ok\n\n"
         assert HEARTBEAT == b":\n\n"
         assert FINAL_CHUNK == b"0\r\n\r\n"
-        assert OPENING_CHUNK == b"5\r\n:ok\n\n\r\n"
+        assert chunk(OPENING) == b"5\r\n:ok\n\n\r\n"
         assert HEARTBEAT_CHUNK == b"3\r\n:\n\n\r\n"
 
     def test_small(self):
