@@ -133,6 +133,23 @@ class SSECollector:
             "Events held for Last-Event-ID replay.",
             value=0 if history is None else len(history),
         )
+        cluster = self.dispatcher.cluster
+        if cluster is not None:
+            yield GaugeMetricFamily(
+                "sseserver_redis_up",
+                "1 while the cluster's Redis takes publishes, else 0.",
+                value=int(cluster.available),
+            )
+            yield GaugeMetricFamily(
+                "sseserver_cluster_nodes",
+                "Nodes of the cluster reporting their figures, this one included.",
+                value=cluster.totals()["nodes"],
+            )
+            yield CounterMetricFamily(
+                "sseserver_publishes_refused",
+                "Events refused because Redis could not take them.",
+                value=cluster.refused_total,
+            )
         info = GaugeMetricFamily(
             "sseserver_build_info", "sseserver version.", labels=["version"]
         )

@@ -48,6 +48,8 @@ class Commands:
         self.hub = hub
         self.verbosity = verbosity
         self.state = state
+        #: In a cluster (L{sseserver.cluster.Cluster}): the totals are added.
+        self.cluster = None
 
     def run(self, command: Command, source: str) -> Optional[dict]:
         """
@@ -156,16 +158,33 @@ class Commands:
             "msgproccnt": self.hub.accepted,
             "msgsendcnt": self.hub.deliveries,
             "reinitcnt": self.state.reinits,
-        }
+        } | self._cluster_figures()
+
+    def _cluster_figures(self) -> dict:
+        """SPEC §11: C{"cluster": {"nodes", "sseconncli", "allconncli"}}."""
+        if self.cluster is None:
+            return {}
+        return {"cluster": self.cluster.totals()}
 
     def _tcpstatus(self, command: Command) -> dict:
         return self.status_object()
 
     def _tcpnumberofclients(self, command: Command) -> dict:
-        return {"numberofclients": self.registry.connections}
+        reply = {"numberofclients": self.registry.connections}
+        if self.cluster is not None:
+            totals = self.cluster.totals()
+            reply["cluster"] = {
+                "nodes": totals["nodes"],
+                "numberofclients": totals["allconncli"],
+            }
+        return reply
 
     def _tcpsubscribedclients(self, command: Command) -> dict:
-        return {
-            "subscribedclients": self.registry.count_channel(command.argument),
-            "subscribedfor": command.argument,
-        }
+        here = self.registry.count_channel(command.argument)
+        reply = {"subscribedclients": here, "subscribedfor": command.argument}
+        if self.cluster is not None:
+            reply["cluster"] = {
+                "nodes": self.cluster.totals()["nodes"],
+                "subscribedclients": self.cluster.channel_total(command.argument, here),
+            }
+        return reply

@@ -5,10 +5,13 @@ The control port (SPEC §5): lines in; JSON replies, one object per line, out.
 from __future__ import annotations
 
 import json
+from collections import deque
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sseserver.commands import CONTROL
@@ -36,6 +39,7 @@ class ControlProtocol(Protocol):
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
         self._lines = LineSplitter()
+        self._waiting: deque = deque()  # replies held back behind a later one
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         factory = self.factory
@@ -77,7 +81,55 @@ class ControlProtocol(Protocol):
         pass
 
     def _reply(self, replies: list) -> None:
-        self.transport.write(b"".join(encode_reply(r) for r in replies))
+        """
+        Write replies in the order of the lines they answer.  In a cluster a
+        publish's reply (an error, or nothing) is a Deferred: what follows it
+        waits for it.
+        """
+        waiting = self._waiting
+        if not waiting and not any(isinstance(r, Deferred) for r in replies):
+            self.transport.write(b"".join(encode_reply(r) for r in replies))
+            return
+        for reply in replies:
+            if isinstance(reply, Deferred):
+                later = _Later()
+                waiting.append(later)
+                reply.addBoth(self._arrived, later)
+            else:
+                waiting.append(reply)
+        self._flush()
+
+    def _arrived(self, result, later: "_Later") -> None:
+        if isinstance(result, Failure):
+            self.log.failure("control reply failed", result)
+            result = {"error": "internal error"}
+        later.reply, later.done = result, True
+        self._flush()
+
+    def _flush(self) -> None:
+        waiting = self._waiting
+        ready = []
+        while waiting:
+            head = waiting[0]
+            if isinstance(head, _Later):
+                if not head.done:
+                    break
+                head = head.reply
+            waiting.popleft()
+            if head is not None:
+                ready.append(encode_reply(head))
+        if ready:
+            self.transport.write(b"".join(ready))
+
+
+class _Later:
+    """The place in the reply order of a reply not known yet."""
+
+    __slots__ = ("reply", "done")
+
+    def __init__(self):
+        self.reply = None
+        self.done = False
 
 
 class ControlFactory(Factory):

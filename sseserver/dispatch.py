@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sseserver.commands import Commands
@@ -39,44 +40,76 @@ class Dispatcher:
         self.verbosity = verbosity
         self.dialect = dialect
         self.separator = separator
+        #: In a cluster: publishing goes through Redis (L{sseserver.cluster}).
+        self.cluster = None
         #: Control and FIFO lines refused with an error.
         self.errors = 0
 
     def line(self, line, source: str, sender: str = "") -> list:
         """
         Handle one line (bytes, or a L{TooLong}) from C{source}; return the JSON
-        replies for the sender: a C{tcp...} result or one C{{"error": ...}}.
+        replies for the sender: a C{tcp...} result or one C{{"error": ...}}.  In a
+        cluster a reply may be a Deferred (of a reply, or of C{None}: no reply),
+        as a publish is only accepted when Redis has taken it.
         """
         try:
             if isinstance(line, TooLong):
                 raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
             items = parse_line(line, self.dialect, self.separator)
-            return [reply for reply in self.run(items, source) if reply is not None]
+            return [
+                reply for reply in self.run(items, source, sender) if reply is not None
+            ]
         except ProtocolError as error:
             return [self.refused(error, source, sender)]
 
-    def run(self, items, source: str) -> list:
+    def run(self, items, source: str, sender: str = "") -> list:
         """Publish the messages and run the commands, in order."""
         replies = []
         for item in items:
             if isinstance(item, Command):
                 replies.append(self.commands.run(item, source))
             elif isinstance(item, JsonPublish):
-                ids, delivered = self.publish(item.messages, source)
-                if item.single:
-                    replies.append({"id": ids[0], "delivered": delivered})
-                else:
-                    replies.append({"ids": ids, "delivered": delivered})
+                replies.append(self._json_reply(item, source, sender))
+            elif self.cluster is not None:
+                published = self.cluster.publish([item], source)
+                published.addCallback(lambda _: None)
+                replies.append(self._late_refusal(published, source, sender))
             else:
                 self.hub.publish(item, source)
         return replies
 
-    def publish(self, messages, source: str) -> tuple:
-        """Publish messages in order; their ids and the deliveries made here."""
+    def _json_reply(self, item: JsonPublish, source: str, sender: str):
+        def reply(outcome: tuple) -> dict:
+            ids, delivered = outcome
+            if item.single:
+                return {"id": ids[0], "delivered": delivered}
+            return {"ids": ids, "delivered": delivered}
+
+        outcome = self.publish(item.messages, source)
+        if isinstance(outcome, Deferred):
+            return self._late_refusal(outcome.addCallback(reply), source, sender)
+        return reply(outcome)
+
+    def publish(self, messages, source: str):
+        """
+        Publish messages in order; their ids and the deliveries made here (in a
+        cluster: a Deferred of them, once this node has delivered them).
+        """
+        if self.cluster is not None:
+            return self.cluster.publish(messages, source, deliveries=True)
         hub = self.hub
         before = hub.deliveries
         ids = [hub.publish(message, source).id for message in messages]
         return ids, hub.deliveries - before
+
+    def _late_refusal(self, published: Deferred, source: str, sender: str):
+        """A publish that Redis did not take gets its error reply when known."""
+
+        def refused(failure):
+            failure.trap(ProtocolError)
+            return self.refused(failure.value, source, sender)
+
+        return published.addErrback(refused)
 
     def refused(self, error: ProtocolError, source: str, sender: str = "") -> dict:
         self.errors += 1

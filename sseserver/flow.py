@@ -29,6 +29,8 @@ class Congestion:
         self.verbosity = verbosity
         self.backed_up = 0
         self.throttled = False
+        self._backed = False  # too many subscribers backed up
+        self._held = 0  # holds of other backlogs (the cluster's unanswered XADDs)
         #: Push producers of published data: control transports, the FIFO.
         self.inputs: set = set()
 
@@ -37,20 +39,40 @@ class Congestion:
 
     def subscriber_paused(self) -> None:
         self.backed_up += 1
-        if not self.throttled and self.backed_up > self.limit():
-            self.throttled = True
-            if self.verbosity is not None and self.verbosity.debug:
-                log.info("{n} subscribers backed up: inputs paused", n=self.backed_up)
-            for producer in list(self.inputs):
-                producer.pauseProducing()
+        if not self._backed and self.backed_up > self.limit():
+            self._backed = True
+            self._update(f"{self.backed_up} subscribers backed up")
 
     def subscriber_resumed(self) -> None:
         self.backed_up -= 1
-        if self.throttled and self.backed_up <= self.limit() // 2:
-            self.throttled = False
-            if self.verbosity is not None and self.verbosity.debug:
-                log.info("backlog drained: inputs resumed")
-            for producer in list(self.inputs):
+        if self._backed and self.backed_up <= self.limit() // 2:
+            self._backed = False
+            self._update("subscribers' backlog drained")
+
+    def hold(self, reason: str) -> None:
+        """Another backlog (not the subscribers') asks the inputs to wait."""
+        self._held += 1
+        self._update(reason)
+
+    def release(self, reason: str) -> None:
+        self._held -= 1
+        self._update(reason)
+
+    def _update(self, reason: str) -> None:
+        throttled = self._backed or self._held > 0
+        if throttled == self.throttled:
+            return
+        self.throttled = throttled
+        if self.verbosity is not None and self.verbosity.debug:
+            log.info(
+                "{reason}: inputs {what}",
+                reason=reason,
+                what="paused" if throttled else "resumed",
+            )
+        for producer in list(self.inputs):
+            if throttled:
+                producer.pauseProducing()
+            else:
                 producer.resumeProducing()
 
     def add_input(self, producer) -> None:
@@ -71,6 +93,12 @@ class NoCongestion:
         pass
 
     def subscriber_resumed(self) -> None:
+        pass
+
+    def hold(self, reason: str) -> None:
+        pass
+
+    def release(self, reason: str) -> None:
         pass
 
     def add_input(self, producer) -> None:

@@ -58,16 +58,27 @@ class Hub:
         #: The server is stopping: every stream is ended by it.
         self.stopping = False
         self._ended: set = set()  # streams the server ended, until they close
+        #: In a cluster: holds back subscribers until the node has caught up.
+        self.gate = None
 
     def publish(self, message: Message, source: str = "control") -> Event:
         """Deliver one message now; return the event with its id and encoding."""
         event = Event(self.ids.next(), message.target, message.type, message.data)
-        reached = self.registry.match(message.target)
+        self.accepted += 1
+        self.accepted_by_input[source] = self.accepted_by_input.get(source, 0) + 1
+        self.deliver(event)
+        return event
+
+    def deliver(self, event: Event) -> int:
+        """
+        Hand an event with its id to every subscriber it reaches and keep it for
+        replay; return the deliveries made.  In a cluster, every event read back
+        from the stream comes here.
+        """
+        reached = self.registry.match(event.target)
         for subscriber in reached:
             subscriber.send(event)
         count = len(reached)
-        self.accepted += 1
-        self.accepted_by_input[source] = self.accepted_by_input.get(source, 0) + 1
         if count:
             self.deliveries += count
             self.bytes_sent += len(event.wire) * count
@@ -81,7 +92,24 @@ class Hub:
                 target=str(event.target),
                 count=count,
             )
-        return event
+        return count
+
+    def count_accepted(self, source: str, count: int = 1) -> None:
+        """Count events accepted from an input (in a cluster: added to the stream)."""
+        self.accepted += count
+        self.accepted_by_input[source] = self.accepted_by_input.get(source, 0) + count
+
+    def join(self, subscriber, *last_ids) -> None:
+        """
+        A new subscriber: into the registry, then its replay (SPEC §2.7).  In a
+        cluster, the gate may hold it back until this node has read the stream
+        as far as the subscriber's last id (it may come from another node that
+        is ahead), so that it gets nothing twice and misses nothing.
+        """
+        if self.gate is not None and self.gate.hold(subscriber, last_ids):
+            return
+        self.registry.add(subscriber)
+        self.replay(subscriber, *last_ids)
 
     def replay(self, subscriber, *last_ids) -> int:
         """

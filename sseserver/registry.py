@@ -237,6 +237,10 @@ class Registry:
         """Subscribers holding exactly this channel (all-channel ones not counted)."""
         return len(self._by_channel.get(channel, ()))
 
+    def channel_counts(self) -> dict:
+        """Subscribers per channel (for the cluster's totals)."""
+        return {channel: len(members) for channel, members in self._by_channel.items()}
+
     def subscription_counts(self) -> dict:
         """For the metrics: subscriber x channel pairs, all-channel subscribers,
         and channels held by anyone."""

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sseserver.admin import DEFAULT_ADMIN, AdminResource, AdminSite
+from sseserver.cluster import Cluster
 from sseserver.commands import Commands, ServerState
 from sseserver.control import ControlFactory
 from sseserver.dispatch import Dispatcher
@@ -27,6 +28,7 @@ from sseserver.grammar import DIALECTS, HASSES
 from sseserver.hub import HISTORY, Hub
 from sseserver.listeners import ListeningService
 from sseserver.registry import MAX_CLIENT_BUFFER, Registry
+from sseserver.resp import parse_redis_url
 from sseserver.verbosity import LEVEL_NAMES, Verbosity
 from sseserver.web import SSEResource, SSESite
 
@@ -129,6 +131,7 @@ class Options(usage.Options):
         ],
         ["loglevel", None, "normal", "Start-up log level: quiet, normal or debug."],
         ["config", None, None, "Read options from FILE; the command line wins."],
+        ["redis", None, None, "Cluster through Redis: redis://host:port/db."],
     ]
 
     _lists = {
@@ -231,6 +234,11 @@ class Options(usage.Options):
         )
         if self["retry"] is not None:
             self["retry"] = _number("retry", self["retry"])
+        if self["redis"] is not None:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as error:
+                raise usage.UsageError(f"--redis: {error}") from None
         if self["fifo"] is not None:
             try:
                 check_fifo_path(self["fifo"])
@@ -341,4 +349,19 @@ def makeService(config: Options, reactor=None) -> MultiService:
         heartbeat = TimerService(config["heartbeat"], registry.heartbeat)
         heartbeat.clock = reactor
         heartbeat.setServiceParent(service)
+    if config["redis"] is not None:
+        cluster = Cluster(
+            config["redis"],
+            hub,
+            reactor,
+            flow,
+            history=config["history"],
+            figures=lambda: (
+                len(registry),
+                registry.connections,
+                registry.channel_counts(),
+            ),
+        )
+        dispatcher.cluster = commands.cluster = cluster
+        cluster.setServiceParent(service)
     return service

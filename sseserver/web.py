@@ -220,11 +220,23 @@ class SSEResource(Resource):
                 request, 403, "commands need --allow-commands and --http-publish"
             )
         try:
-            self.dispatcher.run(publish.items, HTTP)
+            replies = self.dispatcher.run(publish.items, HTTP)
         except ProtocolError as error:
             return self._text(request, error.status, str(error))
-        request.setHeader(b"content-type", b"text/plain")
-        return b"OK\r\n"
+        waiting = [r for r in replies if isinstance(r, defer.Deferred)]
+        if not waiting:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"OK\r\n"
+
+        def answered(outcome: list) -> bytes:
+            errors = [r["error"] for r in outcome if r is not None and "error" in r]
+            if errors:
+                return self._text(request, 503, errors[0])
+            request.setHeader(b"content-type", b"text/plain")
+            return b"OK\r\n"
+
+        done = defer.gatherResults(waiting, consumeErrors=True)
+        return self._later(request, done.addCallback(answered))
 
     def _authorized(self, request, params: list) -> bool:
         if self.publish_token is None:
@@ -274,12 +286,37 @@ class SSEResource(Resource):
                     415,
                     "send application/x-www-form-urlencoded or application/json",
                 )
-            ids, delivered = self.dispatcher.publish(messages, HTTP)
+            outcome = self.dispatcher.publish(messages, HTTP)
         except ProtocolError as error:
             return self._text(request, error.status, str(error))
-        reply = {"accepted": len(ids), "ids": ids, "delivered": delivered}
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(reply).encode("utf-8") + b"\n"
+
+        def answered(outcome: tuple) -> bytes:
+            ids, delivered = outcome
+            reply = {"accepted": len(ids), "ids": ids, "delivered": delivered}
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(reply).encode("utf-8") + b"\n"
+
+        def refused(failure) -> bytes:
+            failure.trap(ProtocolError)
+            return self._text(request, failure.value.status, str(failure.value))
+
+        if isinstance(outcome, defer.Deferred):
+            return self._later(request, outcome.addCallbacks(answered, refused))
+        return answered(outcome)
+
+    def _later(self, request, body: defer.Deferred):
+        """Answer a publish when Redis has (a cluster's publishes wait for it)."""
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def write(data: bytes) -> None:
+            if not gone:
+                request.write(data)
+                request.finish()
+
+        body.addCallback(write)
+        body.addErrback(lambda failure: self.log.failure("HTTP publish", failure))
+        return NOT_DONE_YET
 
     def _subscribe(self, request, subscription: Subscription):
         if self.max_clients and len(self.registry) >= self.max_clients:
@@ -311,8 +348,7 @@ class SSEResource(Resource):
         )
         channel.site.log(request)  # the access line, now: the request is let go
         channel.site.stream_opened(channel, Stream(subscriber, channel.site))
-        self.registry.add(subscriber)
-        self.hub.replay(
+        self.hub.join(
             subscriber,
             request.getHeader(b"last-event-id"),
             subscription.last_event_id,
@@ -527,8 +563,11 @@ class SSESite(Site):
     def stream_closed(self, stream: Stream) -> None:
         subscriber = stream.subscriber
         removed = self.registry.remove(subscriber)
+        hub = self.resource.hub
         if removed:
-            self.resource.hub.disconnected(subscriber)
+            hub.disconnected(subscriber)
+        elif hub.gate is not None:
+            hub.gate.forget(subscriber)  # gone while held back (see Hub.join)
         if removed and self.verbosity.normal:
             self.resource.log.info(
                 "subscriber <{number}> {peer} disconnected after {messages} messages",

@@ -494,3 +494,20 @@ def sseload() -> str:
             ["make", "-C", str(SSELOAD_DIR)], check=True, capture_output=True
         )
     return str(binary)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port, stopped after the test."""
+    from redis_server import RedisServer
+
+    servers = []
+
+    def start(*extra: str):
+        server = RedisServer(tmp_path, *extra).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -105,3 +105,30 @@ def test_send_while_backed_up_counts_toward_the_drop():
     sub.send(Event("1-0", Target(), "message", "x" * 200))
     assert sub.transport.aborted == 1
     assert flow.backed_up == 0
+
+
+def test_another_backlog_holds_the_inputs_until_it_releases():
+    flow = Congestion(Registry())
+    source = Input()
+    flow.add_input(source)
+    flow.hold("redis has not answered")
+    assert flow.throttled and source.calls == ["pause"]
+    flow.release("redis caught up")
+    assert not flow.throttled and source.calls == ["pause", "resume"]
+
+
+def test_a_hold_and_backed_up_subscribers_both_must_end():
+    flow = Congestion(Registry())
+    source = Input()
+    flow.add_input(source)
+    subs = subscribers(flow, 10)
+    for _ in range(MIN_BACKED_UP + 1):
+        flow.subscriber_paused()
+    flow.hold("redis has not answered")
+    assert source.calls == ["pause"]
+    for _ in range(MIN_BACKED_UP + 1):
+        flow.subscriber_resumed()
+    assert flow.throttled and source.calls == ["pause"]  # still held
+    flow.release("redis caught up")
+    assert not flow.throttled and source.calls == ["pause", "resume"]
+    assert len(subs) == 10

@@ -1,0 +1,627 @@
+"""
+Many sseserver processes as one server, through one Redis stream (SPEC §11).
+
+Every event a node accepts is appended to the stream (C{XADD}, approximate
+C{MAXLEN} of --history); Redis gives it its id.  Every node reads the stream
+(C{XREAD BLOCK}) and delivers what it reads to its own subscribers, its own
+events included, so that all nodes deliver alike, in one order.  Each node keeps
+the tail of the stream as its history, loaded from the stream when it starts, so
+C{Last-Event-ID} replay works on any node and across restarts.
+
+While Redis is unreachable a node keeps its subscribers, refuses publishes with
+"redis unavailable" (never drops one silently), logs the outage once, reconnects
+with backoff and resumes reading after the last id it delivered.  Each node
+also keeps its figures in Redis, with a short expiry, for the cluster totals of
+C{tcpstatus} and C{/status}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections import deque
+from typing import Callable, Optional
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from sseserver.clusterwire import (
+    NODE_KEY_PREFIX,
+    NODES_KEY,
+    STREAM_KEY,
+    cluster_totals,
+    entry_fields,
+    node_figures,
+    parse_entry,
+)
+from sseserver.event import Event
+from sseserver.grammar import ProtocolError
+from sseserver.history import BEGINNING, parse_id
+from sseserver.hub import Hub
+from sseserver.pump import DELIVERIES_PER_TURN
+from sseserver.resp import RedisAddress, RedisError, RedisProtocol
+
+#: Entries asked for by one XREAD, and how long it blocks (ms).
+READ_COUNT = 500
+BLOCK_MS = 1000
+#: Stream length kept with --history 0: the tail a node resumes from after an
+#: outage still has to be there.
+MIN_STREAM = 1000
+#: Events sent to Redis and not yet answered before the inputs wait.
+MAX_IN_FLIGHT = 2000
+#: Seconds between two reports of this node's figures; they expire after three.
+FIGURES_INTERVAL = 1.0
+#: Seconds a command may go unanswered before the connection counts as dead.
+COMMAND_TIMEOUT = 5.0
+#: Seconds a subscriber is held back waiting for the stream to reach its id.
+HOLD_LIMIT = 2.0
+
+
+class Unavailable(ProtocolError):
+    """A publish refused because Redis cannot take it (HTTP 503)."""
+
+    status = 503
+
+    def __init__(self, reason: str = "redis unavailable"):
+        super().__init__(reason)
+
+
+class RedisLink:
+    """
+    One connection to Redis, kept up: it reconnects with backoff, and tells its
+    owner when it comes up (C{on_up(protocol)}) and goes down (C{on_down(reason)},
+    once per outage).  A command unanswered for longer than C{timeout} seconds
+    (a Redis that hangs) counts as the connection gone.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor,
+        on_up: Callable,
+        on_down: Callable,
+        timeout: float = COMMAND_TIMEOUT,
+    ):
+        self.address = address
+        self.reactor = reactor
+        self.on_up = on_up
+        self.on_down = on_down
+        self.timeout = timeout
+        self.protocol: Optional[RedisProtocol] = None
+        self._policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=1.5)
+        self._attempt = 0
+        self._down = False
+        self._running = False
+        self._retry = None
+        self._connecting = None
+        self._watchdog = LoopingCall(self._check_stuck)
+        self._watchdog.clock = reactor
+
+    def start(self) -> None:
+        self._running = True
+        self._watchdog.start(1.0, now=False)
+        self._connect()
+
+    def stop(self) -> defer.Deferred:
+        self._running = False
+        if self._watchdog.running:
+            self._watchdog.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.protocol is not None:
+            lost = self.protocol.lost
+            self.protocol.transport.loseConnection()
+            return lost
+        return defer.succeed(None)
+
+    def _connect(self) -> None:
+        self._retry = None
+        endpoint = endpoints.clientFromString(self.reactor, self.address.endpoint())
+        factory = Factory.forProtocol(lambda: RedisProtocol(clock=self.reactor))
+        factory.noisy = False
+        self._connecting = endpoint.connect(factory)
+        self._connecting.addCallback(self._setup)
+        self._connecting.addCallbacks(self._connected, self._failed)
+
+    def _setup(self, protocol: RedisProtocol) -> defer.Deferred:
+        """AUTH and SELECT as the URL says, then PING: Redis really answers."""
+        commands = [*self.address.setup_commands(), ("PING",)]
+        replies = [protocol.execute(*command) for command in commands]
+        ready = defer.gatherResults(replies, consumeErrors=True)
+        ready.addTimeout(self.timeout, self.reactor)
+
+        def failed(failure):
+            protocol.transport.abortConnection()
+            if failure.check(defer.FirstError):
+                return failure.value.subFailure
+            return failure
+
+        return ready.addCallbacks(lambda _: protocol, failed)
+
+    def _connected(self, protocol: RedisProtocol) -> None:
+        self._connecting = None
+        self._attempt = 0
+        self._down = False
+        self.protocol = protocol
+        protocol.lost.addCallback(self._lost)
+        self.on_up(protocol)
+
+    def _lost(self, _) -> None:
+        reason = self.protocol.lost_reason
+        self.protocol = None
+        self._went_down(reason)
+
+    def _failed(self, failure) -> None:
+        self._connecting = None
+        if failure.check(defer.CancelledError):
+            return
+        self._went_down(failure)
+
+    def _went_down(self, reason) -> None:
+        if not self._running:
+            return  # stopped: the connection was closed on purpose
+        if not self._down:
+            self._down = True
+            self.on_down(reason)
+        self._attempt += 1
+        delay = self._policy(self._attempt)
+        self._retry = self.reactor.callLater(delay, self._connect)
+
+    def _check_stuck(self) -> None:
+        protocol = self.protocol
+        if protocol is None:
+            return
+        oldest = protocol.oldest_wait()
+        if oldest is not None and self.reactor.seconds() - oldest > self.timeout:
+            self.log.warn(
+                "redis at {address}: no answer for {timeout} s; reconnecting",
+                address=self.address.display(),
+                timeout=self.timeout,
+            )
+            protocol.transport.abortConnection()
+
+
+class Cluster(Service):
+    """The Redis side of a node: appending, reading back, figures, the gate."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        hub: Hub,
+        reactor,
+        flow,
+        history: int,
+        figures: Callable[[], tuple],
+        node: Optional[str] = None,
+    ):
+        self.address = address
+        self.hub = hub
+        self.reactor = reactor
+        self.flow = flow
+        self.maxlen = max(history, MIN_STREAM)
+        self.history_size = history
+        #: () -> (sseconncli, allconncli, {channel: subscribers}) of this node.
+        self.figures = figures
+        self.node = (
+            node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        self.writer = RedisLink(address, reactor, self._writer_up, self._writer_down)
+        # XREAD blocks for BLOCK_MS: allow for it before calling the link stuck.
+        self.reader = RedisLink(
+            address,
+            reactor,
+            self._reader_up,
+            self._reader_down,
+            timeout=COMMAND_TIMEOUT + BLOCK_MS / 1000,
+        )
+        #: Id of the last entry read (and delivered); None before the first read.
+        self.last_id: Optional[str] = None
+        self.last_key = BEGINNING
+        #: The tail of the stream is loaded and reading has begun.
+        self.ready = False
+        self.in_flight = 0
+        self.refused = 0
+        self.refused_total = 0
+        #: Figures of the other nodes, summed: refreshed every FIGURES_INTERVAL.
+        self.others = cluster_totals([])
+        self._holding_inputs = False
+        self._queue: deque = deque()  # (id, fields) read and not yet delivered
+        self._reading = False
+        self._delivering = None
+        self._paused = False
+        self._delivered: dict = {}  # own event id -> deliveries here, the last few
+        self._waiters: deque = deque()  # (key of the last id, ids, Deferred)
+        self._held: dict = {}  # subscriber -> (last ids, timer): see hold()
+        self._down_since: Optional[float] = None
+        self._figures_loop = LoopingCall(self._report_figures)
+        self._figures_loop.clock = reactor
+
+    # the service
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.gate = self
+        self.flow.add_input(self)
+        self.writer.start()
+        self.reader.start()
+        self._figures_loop.start(FIGURES_INTERVAL, now=False)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._figures_loop.running:
+            self._figures_loop.stop()
+        self.flow.remove_input(self)
+        protocol = self.writer.protocol
+        if protocol is not None:
+            try:
+                yield protocol.execute("DEL", NODE_KEY_PREFIX + self.node)
+                yield protocol.execute("SREM", NODES_KEY, self.node)
+            except Exception:
+                pass
+        yield defer.gatherResults([self.writer.stop(), self.reader.stop()])
+
+    # publishing
+
+    @property
+    def available(self) -> bool:
+        return self.writer.protocol is not None
+
+    def publish(self, messages: list, source: str, deliveries: bool = False):
+        """
+        Append C{messages} to the stream, all or none (one C{MULTI} when there
+        are several).  Returns a Deferred of C{(ids, deliveries)}: with
+        C{deliveries}, it waits until this node has read the events back and
+        counts what it delivered of them, else that count is C{None}.  Raises
+        L{Unavailable} at once while Redis is known to be down; the Deferred
+        fails with it when Redis goes away before answering.
+        """
+        protocol = self.writer.protocol
+        if protocol is None:
+            self._refused(len(messages))
+            raise Unavailable()
+        appends = [self._xadd(message) for message in messages]
+        if len(appends) == 1:
+            done = protocol.execute(*appends[0])
+            done.addCallback(lambda entry_id: [entry_id])
+        else:
+            protocol.execute("MULTI")
+            for append in appends:
+                protocol.execute(*append)
+            done = protocol.execute("EXEC")
+        self._sent(len(messages))
+        done.addBoth(self._answered, len(messages))
+        done.addCallback(self._accepted, source, deliveries)
+        done.addErrback(self._not_accepted, len(messages))
+        return done
+
+    def _xadd(self, message) -> list:
+        return [
+            "XADD",
+            STREAM_KEY,
+            "MAXLEN",
+            "~",
+            self.maxlen,
+            "*",
+        ] + entry_fields(message, self.node)
+
+    def _sent(self, count: int) -> None:
+        self.in_flight += count
+        if self.in_flight > MAX_IN_FLIGHT and not self._holding_inputs:
+            self._holding_inputs = True
+            self.flow.hold("redis has not answered %d events yet" % self.in_flight)
+
+    def _answered(self, result, count: int):
+        self.in_flight -= count
+        if self._holding_inputs and self.in_flight <= MAX_IN_FLIGHT // 2:
+            self._holding_inputs = False
+            self.flow.release("redis caught up")
+        return result
+
+    def _accepted(self, replies, source: str, deliveries: bool):
+        if replies is None:  # EXEC of an aborted transaction
+            raise Unavailable()
+        ids = [entry_id.decode("ascii") for entry_id in replies]
+        self.hub.count_accepted(source, len(ids))
+        if not deliveries:
+            return ids, None
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append((parse_id(ids[-1]), ids, waiter))
+        self._settle_waiters()
+        return waiter
+
+    def _not_accepted(self, failure, count: int):
+        self._refused(count)
+        if failure.check(RedisError):
+            raise Unavailable(f"redis refused the event: {failure.getErrorMessage()}")
+        if failure.check(Unavailable):
+            return failure
+        raise Unavailable()
+
+    def _refused(self, count: int) -> None:
+        self.refused += count  # in this outage, for the log
+        self.refused_total += count
+
+    def _settle_waiters(self) -> None:
+        """Answer the JSON publishes whose events this node has read back."""
+        while self._waiters and self._waiters[0][0] <= self.last_key:
+            _, ids, waiter = self._waiters.popleft()
+            missing = [entry_id for entry_id in ids if entry_id not in self._delivered]
+            if missing:
+                self.log.warn(
+                    "cluster: events {ids} were accepted but never read back (lost"
+                    " by a Redis restarted without persistence?)",
+                    ids=" ".join(missing),
+                )
+            counts = [self._delivered.get(entry_id, 0) for entry_id in ids]
+            waiter.callback((ids, sum(counts)))
+
+    def _remember_delivered(self, entry_id: str, count: int) -> None:
+        """
+        The deliveries of this node's own events, for the replies that count them
+        (the read-back may come before Redis's answer to the XADD): the last few.
+        """
+        delivered = self._delivered
+        delivered[entry_id] = count
+        if len(delivered) > 2 * MAX_IN_FLIGHT:
+            del delivered[next(iter(delivered))]
+
+    # the links
+
+    def _writer_up(self, protocol) -> None:
+        if self._down_since is not None:
+            self.log.info(
+                "redis at {address} is back after {seconds:.1f} s;"
+                " {refused} events were refused meanwhile",
+                address=self.address.display(),
+                seconds=self.reactor.seconds() - self._down_since,
+                refused=self.refused,
+            )
+            self._down_since = None
+        else:
+            self.log.info(
+                "cluster node {node} connected to redis at {address}",
+                node=self.node,
+                address=self.address.display(),
+            )
+        self._report_figures()
+
+    def _writer_down(self, reason) -> None:
+        self._down_since = self.reactor.seconds()
+        self.refused = 0
+        self.log.error(
+            "redis at {address} unavailable ({reason}): publishes are refused until"
+            " it is back; subscribers stay connected",
+            address=self.address.display(),
+            reason=reason.getErrorMessage(),
+        )
+
+    def _reader_up(self, protocol) -> None:
+        if self.last_id is None:
+            self._load_tail(protocol)
+        else:
+            self._read()
+
+    def _reader_down(self, reason) -> None:
+        self._reading = False
+
+    # reading the stream
+
+    def _load_tail(self, protocol) -> None:
+        """The newest --history entries become the history; reading starts after."""
+        count = max(self.history_size, 1)
+        loaded = protocol.execute("XREVRANGE", STREAM_KEY, "+", "-", "COUNT", count)
+        loaded.addCallbacks(self._tail_loaded, lambda failure: None)
+
+    def _tail_loaded(self, entries) -> None:
+        entries = list(reversed(entries or []))
+        history = self.hub.history
+        if history is not None:
+            if len(entries) >= history.size and entries:
+                # The stream may hold older entries: ids below ours may be gaps.
+                history.horizon = parse_id(entries[0][0])
+            for entry_id, fields in entries:
+                try:
+                    message, _ = parse_entry(fields)
+                except ValueError:
+                    continue
+                history.append(
+                    Event(
+                        entry_id.decode("ascii"),
+                        message.target,
+                        message.type,
+                        message.data,
+                    )
+                )
+        self._advance(entries[-1][0].decode("ascii") if entries else "0-0")
+        self.ready = True
+        self.log.info(
+            "cluster: {count} events loaded from the stream; reading after {id}",
+            count=len(entries),
+            id=self.last_id,
+        )
+        self._release_held(everyone=True)
+        self._read()
+
+    def _advance(self, entry_id: str) -> None:
+        self.last_id = entry_id
+        self.last_key = parse_id(entry_id)
+
+    def _read(self) -> None:
+        protocol = self.reader.protocol
+        if (
+            protocol is None
+            or self._reading
+            or self._paused
+            or self._queue
+            or self.last_id is None
+        ):
+            return
+        self._reading = True
+        reading = protocol.execute(
+            "XREAD",
+            "COUNT",
+            READ_COUNT,
+            "BLOCK",
+            BLOCK_MS,
+            "STREAMS",
+            STREAM_KEY,
+            self.last_id,
+        )
+        reading.addCallbacks(self._got, self._read_failed)
+
+    def _got(self, reply) -> None:
+        self._reading = False
+        if reply:
+            for _, entries in reply:
+                self._queue.extend(entries)
+        self._deliver()
+
+    def _read_failed(self, failure) -> None:
+        self._reading = False  # the link reconnects and reading resumes then
+        if failure.check(RedisError):
+            self.log.error(
+                "cluster: XREAD failed: {error}", error=failure.getErrorMessage()
+            )
+            self.reactor.callLater(1.0, self._read)
+
+    def _deliver(self) -> None:
+        """Deliver what was read, a bounded amount per reactor turn."""
+        self._delivering = None
+        hub = self.hub
+        budget = hub.deliveries + DELIVERIES_PER_TURN
+        queue = self._queue
+        while queue:
+            if self._paused:
+                return  # resumeProducing goes on
+            if hub.deliveries >= budget:
+                self._delivering = self.reactor.callLater(0, self._deliver)
+                return
+            raw_id, fields = queue.popleft()
+            entry_id = raw_id.decode("ascii")
+            try:
+                message, node = parse_entry(fields)
+            except ValueError as error:
+                self.log.warn(
+                    "cluster: entry {id} skipped: {error}",
+                    id=entry_id,
+                    error=str(error),
+                )
+            else:
+                event = Event(entry_id, message.target, message.type, message.data)
+                delivered = hub.deliver(event)
+                if node == self.node:
+                    self._remember_delivered(entry_id, delivered)
+                else:
+                    hub.accepted_by_input["redis"] += 1
+            self._advance(entry_id)
+        self._settle_waiters()
+        self._release_held()
+        self._read()
+
+    # as an input of the flow control: reading stops while subscribers back up
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._queue and self._delivering is None:
+            self._delivering = self.reactor.callLater(0, self._deliver)
+        else:
+            self._read()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # the gate of Hub.join
+
+    def hold(self, subscriber, last_ids) -> bool:
+        """
+        Hold a new subscriber back while this node has not read the stream as far
+        as its last id (it may have come from a node that is ahead), or has not
+        loaded the stream's tail yet; at most HOLD_LIMIT seconds.
+        """
+        given = next((i for i in last_ids if i), None)
+        key = parse_id(given)
+        if self.ready and (key is None or key <= self.last_key):
+            return False
+        timer = self.reactor.callLater(HOLD_LIMIT, self._let_in, subscriber)
+        self._held[subscriber] = (last_ids, key, timer)
+        return True
+
+    def forget(self, subscriber) -> None:
+        held = self._held.pop(subscriber, None)
+        if held is not None and held[2].active():
+            held[2].cancel()
+
+    def _let_in(self, subscriber) -> None:
+        last_ids, _, timer = self._held.pop(subscriber)
+        if timer.active():
+            timer.cancel()
+        self.hub.registry.add(subscriber)
+        self.hub.replay(subscriber, *last_ids)
+
+    def _release_held(self, everyone: bool = False) -> None:
+        if not self._held or not self.ready:
+            return
+        for subscriber, (_, key, _) in list(self._held.items()):
+            if everyone and key is None or key is not None and key <= self.last_key:
+                self._let_in(subscriber)
+
+    # the cluster's figures
+
+    def _report_figures(self) -> None:
+        protocol = self.writer.protocol
+        if protocol is None:
+            return
+        sse, connections, channels = self.figures()
+        key = NODE_KEY_PREFIX + self.node
+        ttl = int(FIGURES_INTERVAL * 3000)
+        figures = node_figures(sse, connections, channels)
+        written = [
+            protocol.execute("SET", key, figures, "PX", ttl),
+            protocol.execute("SADD", NODES_KEY, self.node),
+        ]
+        members = protocol.execute("SMEMBERS", NODES_KEY)
+        members.addCallback(self._read_figures, protocol)
+        for reply in [*written, members]:
+            reply.addErrback(lambda failure: None)  # an outage is logged once
+
+    @defer.inlineCallbacks
+    def _read_figures(self, members, protocol):
+        others = [m.decode("utf-8") for m in members if m.decode("utf-8") != self.node]
+        values = []
+        if others:
+            values = yield protocol.execute(
+                "MGET", *[NODE_KEY_PREFIX + node for node in others]
+            )
+            gone = [node for node, value in zip(others, values) if value is None]
+            if gone:
+                protocol.execute("SREM", NODES_KEY, *gone)
+        self.others = cluster_totals(values)
+
+    def totals(self) -> dict:
+        """This node's figures now plus the others' last reported."""
+        sse, connections, _ = self.figures()
+        return {
+            "nodes": self.others["nodes"] + 1,
+            "sseconncli": self.others["sseconncli"] + sse,
+            "allconncli": self.others["allconncli"] + connections,
+        }
+
+    def channel_total(self, channel: str, here: int) -> int:
+        return self.others["channels"].get(channel, 0) + here

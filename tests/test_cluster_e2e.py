@@ -1,0 +1,351 @@
+"""
+End-to-end tests of the Redis cluster (SPEC §11): real C{twistd sseserver}
+nodes, a real redis-server, raw-socket subscribers and redis-cli.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+from conftest import END, TIMEOUT, ControlClient, Stream, fifo_write, until_marker
+from forwarding import Forwarder
+
+LOADED = r"cluster: \d+ events loaded from the stream"
+
+
+def start_node(start_server, redis_url: str, *args: str):
+    node = start_server("--redis", redis_url, *args)
+    node.wait_for_log(LOADED)
+    return node
+
+
+def publish(node, line: str) -> None:
+    """One control line, on its own connection; nothing replied."""
+    node.control(line.encode("utf-8") + b"\n")
+
+
+def json_publish(client: ControlClient, data: str, target: str = "a") -> dict:
+    client.send(
+        b"json " + json.dumps({"target": target, "data": data}).encode() + b"\n"
+    )
+    return client.reply()
+
+
+def post(node, path: str, body: dict) -> tuple:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{node.port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def get(node, path: str) -> tuple:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{node.port}{path}", timeout=TIMEOUT
+        ) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def events(stream: Stream) -> list:
+    """(id, data) of each event up to the END marker, END excluded."""
+    found = []
+    for block in until_marker(stream):
+        fields = dict(line.split(b": ", 1) for line in bytes(block).split(b"\n"))
+        found.append((fields[b"id"].decode(), fields[b"data"].decode()))
+    assert found[-1][1] == END.decode()
+    return found[:-1]
+
+
+def wait_figures(node, command: bytes, expected: dict) -> dict:
+    """Poll a tcp command until its reply contains C{expected}."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        reply = node.command(command)
+        if all(reply.get(key) == value for key, value in expected.items()):
+            return reply
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.1)
+
+
+def test_a_publish_on_either_node_reaches_both_once(
+    start_server, redis_server, tmp_path
+):
+    redis = redis_server()
+    fifo = tmp_path / "node2.fifo"
+    node1 = start_node(start_server, redis.url)
+    node2 = start_node(start_server, redis.url, "--http-publish", "--fifo", str(fifo))
+    streams = [
+        Stream(node1.port, "/sse/a"),
+        Stream(node1.port, "/sse/"),  # all channels
+        Stream(node2.port, "/sse/a"),
+        Stream(node2.port, "/sse/a/b"),  # reached once by an event to both
+    ]
+    node1.wait_subscribed("a", 1)
+    node2.wait_subscribed("a", 2)
+
+    publish(node1, "a=from control on node 1")
+    status, body = post(node2, "/sse/a/b", {"data": "from HTTP on node 2"})
+    assert status == 200, body
+    reply = json.loads(body)
+    fifo_write(fifo, b"a=from the FIFO of node 2\n")
+    publish(node1, f"a={END.decode()}")
+
+    expected = [
+        "from control on node 1",
+        "from HTTP on node 2",
+        "from the FIFO of node 2",
+    ]
+    got = [events(stream) for stream in streams]
+    for received in got:
+        assert [data for _, data in received] == expected
+    # Every stream saw the same ids, and they are the Redis stream's own ids.
+    assert got[0] == got[1] == got[2] == got[3]
+    ids = [event_id for event_id, _ in got[0]]
+    assert redis.stream_ids()[:3] == ids
+    assert reply == {"accepted": 1, "ids": [ids[1]], "delivered": 2}
+
+
+def test_json_publish_counts_this_nodes_deliveries(start_server, redis_server):
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url)
+    node2 = start_node(start_server, redis.url)
+    streams = [Stream(node2.port, "/sse/a") for _ in range(3)]
+    node2.wait_subscribed("a", 3)
+    with ControlClient(node1.control_port) as client:
+        first = json_publish(client, "one")
+        assert re.fullmatch(r"\d{13}-\d+", first["id"])
+        assert first["delivered"] == 0  # node 1 has no subscriber of a
+    with ControlClient(node2.control_port) as client:
+        second = json_publish(client, "two")
+        assert second["delivered"] == 3
+    publish(node1, f"a={END.decode()}")
+    for stream in streams:
+        assert events(stream) == [(first["id"], "one"), (second["id"], "two")]
+
+
+def test_a_subscriber_moving_to_another_node_gets_what_it_missed(
+    start_server, redis_server
+):
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url)
+    node2 = start_node(start_server, redis.url)
+    first = Stream(node1.port, "/sse/a")
+    node1.wait_subscribed("a", 1)
+    publish(node1, "a=one")
+    (block,) = first.read_events(1)
+    last_id = block.split(b"\n")[0].split(b": ")[1].decode()
+    first.close()
+    for data in ("two", "three"):
+        publish(node1, f"a={data}")
+    wait_figures(node1, b"tcpsubscribedclients:a", {"subscribedclients": 0})
+
+    moved = Stream(node2.port, "/sse/a", headers={"Last-Event-ID": last_id})
+    publish(node2, "a=four")
+    publish(node2, f"a={END.decode()}")
+    assert [data for _, data in events(moved)] == ["two", "three", "four"]
+
+
+def test_replay_survives_a_node_restart(start_server, redis_server):
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url)
+    for data in ("one", "two", "three"):
+        publish(node1, f"a={data}")
+    ids = redis.stream_ids()
+    assert len(ids) == 3
+    node1.stop()
+
+    node2 = start_server("--redis", redis.url)
+    node2.wait_for_log(
+        r"cluster: 3 events loaded from the stream; reading after " + ids[2]
+    )
+    stream = Stream(node2.port, "/sse/a", headers={"Last-Event-ID": ids[0]})
+    publish(node2, f"a={END.decode()}")
+    assert events(stream) == [(ids[1], "two"), (ids[2], "three")]
+
+
+def test_counts_add_up_across_the_cluster(start_server, redis_server):
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url, "--admin", "tcp:0:interface=127.0.0.1")
+    node2 = start_node(start_server, redis.url)
+    streams = [Stream(node1.port, "/sse/a") for _ in range(2)]
+    streams += [Stream(node2.port, "/sse/a"), Stream(node2.port, "/sse/b")]
+    node1.wait_subscribed("a", 2)
+    node2.wait_subscribed("b", 1)
+
+    cluster = {"nodes": 2, "sseconncli": 4, "allconncli": 4}
+    status = wait_figures(node1, b"tcpstatus", {"cluster": cluster})
+    assert (status["sseconncli"], status["allconncli"]) == (2, 2)
+    assert node1.command(b"tcpnumberofclients") == {
+        "numberofclients": 2,
+        "cluster": {"nodes": 2, "numberofclients": 4},
+    }
+    assert node1.command(b"tcpsubscribedclients:a") == {
+        "subscribedclients": 2,
+        "subscribedfor": "a",
+        "cluster": {"nodes": 2, "subscribedclients": 3},
+    }
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{node1.admin_port}/status", timeout=TIMEOUT
+    ) as response:
+        assert json.load(response)["cluster"] == cluster
+
+    # A node that dies stops counting once its figures expire.
+    node2.process.kill()
+    wait_figures(
+        node1, b"tcpstatus", {"cluster": {"nodes": 1, "sseconncli": 2, "allconncli": 2}}
+    )
+    for stream in streams:
+        stream.close()
+
+
+def test_killing_a_node_leaves_the_other_nodes_subscribers_alone(
+    start_server, redis_server
+):
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url)
+    node2 = start_node(start_server, redis.url)
+    stream = Stream(node2.port, "/sse/a")
+    node2.wait_subscribed("a", 1)
+    publish(node1, "a=before")
+    stream.read_events(1)
+    node1.process.kill()
+    node1.process.wait(TIMEOUT)
+    publish(node2, "a=after")
+    publish(node2, f"a={END.decode()}")
+    assert [data for _, data in events(stream)] == ["before", "after"]
+
+
+def test_redis_killed_and_restarted_during_a_publish_loop(start_server, redis_server):
+    """
+    Every publish is answered: an id (accepted) or "redis unavailable".  Every
+    accepted event reaches the subscribers of both nodes once, in order; a
+    refused one may only appear if Redis stored it as it died (its answer was
+    lost with it), never twice.
+    """
+    redis = redis_server()
+    node1 = start_node(start_server, redis.url)
+    node2 = start_node(start_server, redis.url)
+    streams = [Stream(node1.port, "/sse/a"), Stream(node2.port, "/sse/a")]
+    node1.wait_subscribed("a", 1)
+    node2.wait_subscribed("a", 1)
+    mark1 = node1.mark()
+
+    accepted, refused = [], []
+    with ControlClient(node1.control_port) as client:
+        for number in range(300):
+            if number == 100:
+                redis.kill()
+            if number == 200:
+                redis.start()
+            reply = json_publish(client, str(number))
+            if "id" in reply:
+                accepted.append((reply["id"], str(number)))
+            else:
+                assert reply == {"error": "redis unavailable"}
+                refused.append(str(number))
+            time.sleep(0.005)
+        # Redis is back: wait until node 1 accepts again, then end.
+        deadline = time.monotonic() + TIMEOUT
+        while "id" not in json_publish(client, END.decode()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    assert len(accepted) >= 100 and len(refused) >= 50, (len(accepted), len(refused))
+    accepted_data = {data for _, data in accepted}
+    for stream in streams:
+        received = events(stream)
+        assert len({data for _, data in received}) == len(received)  # none twice
+        assert [e for e in received if e[1] in accepted_data] == accepted
+        assert {data for _, data in received} - accepted_data <= set(refused)
+    # The outage is logged once, and its end.
+    log = node1.lines[mark1:]
+    assert len([line for line in log if "unavailable (" in line]) == 1, log
+    assert len([line for line in log if "is back after" in line]) == 1, log
+
+
+def test_http_publish_is_refused_with_503_while_redis_is_down(
+    start_server, redis_server
+):
+    redis = redis_server()
+    node = start_node(start_server, redis.url, "--http-publish")
+    stream = Stream(node.port, "/sse/a")
+    node.wait_subscribed("a", 1)
+    redis.kill()
+    node.wait_for_log(r"redis at redis://127.0.0.1:\d+/0 unavailable")
+    status, body = post(node, "/sse/a", {"data": "lost?"})
+    assert (status, body) == (503, b"redis unavailable\n")
+    assert get(node, "/sse/a?x=y") == (503, b"redis unavailable\n")
+    with ControlClient(node.control_port) as client:
+        client.send(b"a=lost?\n")
+        assert client.reply() == {"error": "redis unavailable"}
+    # The subscriber is still connected, and gets what comes once Redis is back.
+    redis.start()
+    node.wait_for_log(r"is back after")
+    status, body = post(node, "/sse/a", {"data": END.decode()})
+    assert status == 200
+    assert events(stream) == []
+
+
+def test_a_node_cut_off_from_redis_resumes_after_its_last_id(
+    start_server, redis_server
+):
+    redis = redis_server()
+    with Forwarder(redis.port) as link:
+        node1 = start_node(start_server, f"redis://127.0.0.1:{link.port}/0")
+        node2 = start_node(start_server, redis.url)
+        cut_off = Stream(node1.port, "/sse/a")
+        other = Stream(node2.port, "/sse/a")
+        node1.wait_subscribed("a", 1)
+        node2.wait_subscribed("a", 1)
+        publish(node2, "a=one")
+        cut_off.read_events(1)
+
+        mark = node1.mark()
+        link.hold()  # new connections to Redis wait, unanswered
+        link.cut()
+        node1.wait_for_log(r"unavailable", start=mark)
+        with ControlClient(node1.control_port) as client:
+            client.send(b"a=refused\n")
+            assert client.reply() == {"error": "redis unavailable"}
+        publish(node2, "a=two")
+        publish(node2, "a=three")
+        assert [b.split(b"data: ")[1] for b in other.read_events(3)] == [
+            b"one",
+            b"two",
+            b"three",
+        ]
+        assert len(cut_off.data_events()) == 1  # nothing while cut off
+
+        link.release()
+        node1.wait_for_log(r"is back after", start=mark)
+        publish(node2, f"a={END.decode()}")
+        assert [data for _, data in events(cut_off)] == ["one", "two", "three"]
+        assert events(cut_off) == events(other)
+
+
+def test_redis_password_from_the_url(start_server, redis_server):
+    redis = redis_server("--requirepass", "s3cret")
+    node = start_node(start_server, f"redis://:s3cret@127.0.0.1:{redis.port}/0")
+    stream = Stream(node.port, "/sse/a")
+    node.wait_subscribed("a", 1)
+    publish(node, f"a={END.decode()}")
+    assert events(stream) == []
+
+    wrong = start_server("--redis", f"redis://:wrong@127.0.0.1:{redis.port}/0")
+    wrong.wait_for_log(r"unavailable \(.*WRONGPASS")
+    assert "s3cret" not in "\n".join(node.lines)
+    with ControlClient(wrong.control_port) as client:
+        client.send(b"a=x\n")
+        assert client.reply() == {"error": "redis unavailable"}
