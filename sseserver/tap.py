@@ -14,6 +14,7 @@ from typing import Optional
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -30,7 +31,15 @@ from sseserver.listeners import ListeningService
 from sseserver.registry import MAX_CLIENT_BUFFER, Registry
 from sseserver.resp import parse_redis_url
 from sseserver.verbosity import LEVEL_NAMES, Verbosity
-from sseserver.web import SSEResource, SSESite
+from sseserver.web import SSEResource, SSESite, address_text
+from sseserver.workers import (
+    AdoptedListener,
+    NotShareable,
+    ParentWatch,
+    WorkerPool,
+    listen_parameters,
+    shared_sockets,
+)
 
 DEFAULT_PORT = "tcp:8080"
 DEFAULT_CONTROL = "tcp:8085:interface=127.0.0.1"
@@ -132,6 +141,13 @@ class Options(usage.Options):
         ["loglevel", None, "normal", "Start-up log level: quiet, normal or debug."],
         ["config", None, None, "Read options from FILE; the command line wins."],
         ["redis", None, None, "Cluster through Redis: redis://host:port/db."],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes sharing the SSE ports (needs --redis).",
+        ],
+        ["worker", None, None, "Internal (set by --workers): this worker's number."],
     ]
 
     _lists = {
@@ -144,6 +160,9 @@ class Options(usage.Options):
         super().__init__()
         for name in self._lists:
             self[name] = []
+        self["inherit-fd"] = []
+        #: The arguments given, the config file's included (for the workers).
+        self.arguments: list = []
 
     def opt_port(self, endpoint: str) -> None:
         """Where browsers connect: a Twisted endpoint string (repeatable)."""
@@ -152,6 +171,10 @@ class Options(usage.Options):
     def opt_control(self, endpoint: str) -> None:
         """Control port endpoint (repeatable); 'none' disables it."""
         self["control"].append(endpoint)
+
+    def opt_inherit_fd(self, fd: str) -> None:
+        """Internal (set by --workers): serve --port on this inherited socket."""
+        self["inherit-fd"].append(_number("inherit-fd", fd))
 
     def opt_cors_origin(self, origin: str) -> None:
         """Allowed browser origin (repeatable); default '*'."""
@@ -170,6 +193,7 @@ class Options(usage.Options):
                     continue
                 kept.extend(arg)
             args = kept + args
+        self.arguments = args
         super().parseOptions(args)
 
     @staticmethod
@@ -239,11 +263,35 @@ class Options(usage.Options):
                 self["redis"] = parse_redis_url(self["redis"])
             except ValueError as error:
                 raise usage.UsageError(f"--redis: {error}") from None
+        self["workers"] = _number("workers", self["workers"], minimum=1)
+        if self["workers"] > 1 and self["redis"] is None:
+            raise usage.UsageError(
+                "--workers: needs --redis (the workers share events through it)"
+            )
+        if self["workers"] > 1:
+            for endpoint in self["port"]:
+                try:
+                    listen_parameters(endpoint)
+                except NotShareable as error:
+                    raise usage.UsageError(f"--workers: {error}") from None
+        if self["inherit-fd"] and len(self["inherit-fd"]) != len(self["port"]):
+            raise usage.UsageError("--inherit-fd: one per --port")
+        if self["worker"] is not None:
+            self["worker"] = _number("worker", self["worker"], minimum=1)
         if self["fifo"] is not None:
             try:
                 check_fifo_path(self["fifo"])
             except ValueError as error:
                 raise usage.UsageError(f"--fifo: {error}") from None
+
+    def worker_arguments(self) -> list:
+        """A worker's arguments: ours, but for what only the parent serves."""
+        parent_only = {"workers", "control", "admin", "fifo", "config"}
+        arguments = []
+        for pair in Options._pairs(self.arguments):
+            if not _given(pair[:1]) & parent_only:
+                arguments.extend(pair)
+        return arguments + ["--control", "none", "--admin", "none"]
 
 
 def stream_mode(ports: list) -> str:
@@ -334,8 +382,13 @@ def makeService(config: Options, reactor=None) -> MultiService:
         listener.setServiceParent(service)
         listeners.append(listener)
 
-    for description, site in zip(config["port"], sites):
-        listen("SSE", description, site)
+    if config["workers"] > 1:
+        share_ports(config, reactor, service)
+    elif config["inherit-fd"]:
+        become_worker(config, sites, reactor, service)
+    else:
+        for description, site in zip(config["port"], sites):
+            listen("SSE", description, site)
     control = ControlFactory(dispatcher, verbosity, flow, reactor)
     for description in config["control"]:
         listen("control", description, control)
@@ -365,3 +418,42 @@ def makeService(config: Options, reactor=None) -> MultiService:
         dispatcher.cluster = commands.cluster = cluster
         cluster.setServiceParent(service)
     return service
+
+
+def share_ports(config: Options, reactor, service: MultiService) -> None:
+    """The parent of --workers: make the shared sockets, start the workers."""
+    count = config["workers"]
+    sockets = []
+    for description in config["port"]:
+        try:
+            per_port = shared_sockets(description, count)
+        except OSError as error:
+            raise SystemExit(
+                f"sseserver: cannot listen on {description!r} (SSE): {error}"
+            ) from None
+        sockets.append(per_port)
+        host, port = per_port[0].getsockname()[:2]
+        address = address_text(IPv4Address("TCP", host, port))
+        log.info("SSE listening on {address}", address=address)
+        log.info(
+            "SSE port {address}: shared by {count} workers",
+            address=address,
+            count=count,
+        )
+    pool = WorkerPool(count, config.worker_arguments(), sockets, reactor)
+    pool.setServiceParent(service)
+
+
+def become_worker(config: Options, sites: list, reactor, service) -> None:
+    """A worker of --workers: serve the inherited sockets; stop with the parent."""
+    from twisted.internet.stdio import StandardIO
+
+    number = config["worker"] or 0
+    for description, fd, site in zip(config["port"], config["inherit-fd"], sites):
+        AdoptedListener(description, fd, site, reactor, number).setServiceParent(
+            service
+        )
+    # Only standard input is watched; the log goes to standard output as is.
+    StandardIO(
+        ParentWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor
+    )
