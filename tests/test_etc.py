@@ -39,6 +39,9 @@ DEFAULTS = ETC / "default" / "sseserver"
 CONFIG = ETC / "sseserver.conf"
 LOGROTATE = ETC / "logrotate.d" / "sseserver"
 NGINX = ETC / "nginx" / "sseserver.conf"
+NODE_SERVICE = ETC / "sseserver@.service"
+NODES = [ETC / "cluster" / "node1.conf", ETC / "cluster" / "node2.conf"]
+NGINX_CLUSTER = ETC / "nginx" / "sseserver-cluster.conf"
 APACHE = ETC / "apache2" / "sseserver.conf"
 
 #: Where the unit and the init script expect twistd (the README's install).
@@ -691,14 +694,13 @@ def test_nginx_snippet_structure():
     assert options["port"] == ["tcp:8080:interface=127.0.0.1"]
 
 
-def test_nginx_snippet_passes_nginx_t(tmp_path):
+def nginx_t(tmp_path, http: str) -> None:
+    """C{nginx -t} on a configuration whose http block holds C{http}."""
     (tmp_path / "logs").mkdir()
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
-        "events {}\n"
-        f"http {{\n access_log off;\n server {{\n  listen 127.0.0.1:{free_port()};\n"
-        f"  include {NGINX};\n }}\n}}\n"
+        f"events {{}}\nhttp {{\n access_log off;\n{http}\n}}\n"
     )
     result = subprocess.run(
         ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)],
@@ -709,6 +711,13 @@ def test_nginx_snippet_passes_nginx_t(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr
+
+
+def test_nginx_snippet_passes_nginx_t(tmp_path):
+    nginx_t(
+        tmp_path,
+        f" server {{\n  listen 127.0.0.1:{free_port()};\n  include {NGINX};\n }}",
+    )
 
 
 def test_apache_snippet_structure():
@@ -730,3 +739,56 @@ def test_apache_snippet_structure():
     assert int(parameters["timeout"]) >= 3600
     assert directives["ProxyPassReverse"] == ["http://127.0.0.1:8080/sse"]
     assert directives["SetEnv"] == ["no-gzip", "1"]
+
+
+# The cluster examples (README.rst, "Running a cluster")
+
+
+def test_node_template_passes_systemd_analyze_verify(tmp_path):
+    text = NODE_SERVICE.read_text()
+    assert text.count(INSTALLED_TWISTD) == 1
+    template = tmp_path / "sseserver@.service"
+    template.write_text(text.replace(INSTALLED_TWISTD, TWISTD))
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["systemd-analyze", "verify", "./sseserver@node1.service"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = verify()
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    template.write_text(template.read_text().replace("UMask=", "UMaks="))
+    assert "Unknown key 'UMaks'" in verify().stderr  # the instance was read
+    (exec_start,) = unit_values(NODE_SERVICE)[("Service", "ExecStart")]
+    assert shlex.split(exec_start)[-2:] == ["--config", "/etc/sseserver/%i.conf"]
+
+
+def test_node_configs_make_a_two_node_cluster_behind_the_nginx_example():
+    nodes = []
+    for path in NODES:
+        options = Options()
+        options.parseOptions(["--config", str(path)])
+        nodes.append(options)
+    assert nodes[0]["redis"] == nodes[1]["redis"]
+    assert nodes[0]["redis"].host == "10.0.0.5"
+    assert [o["workers"] for o in nodes] == [2, 2]
+    assert [o["port"] for o in nodes] == [
+        ["tcp:8080:interface=10.0.0.1"],
+        ["tcp:8080:interface=10.0.0.2"],
+    ]
+    upstream = [b for b in nginx_blocks(NGINX_CLUSTER.read_text()) if b[1] is not None]
+    servers = [args[1] for args, _ in upstream[0][1] if args[0] == "server"]
+    assert servers == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+
+def test_nginx_cluster_example_passes_nginx_t(tmp_path):
+    text = NGINX_CLUSTER.read_text().replace(
+        "listen 80;", f"listen 127.0.0.1:{free_port()};"
+    )
+    (tmp_path / "cluster.conf").write_text(text)
+    nginx_t(tmp_path, f" include {tmp_path}/cluster.conf;")
