@@ -119,7 +119,7 @@ class RedisLink:
             self._connecting.cancel()
         if self.protocol is not None:
             lost = self.protocol.lost
-            self.protocol.transport.loseConnection()
+            self.protocol.transport.abortConnection()
             return lost
         return defer.succeed(None)
 
@@ -257,20 +257,31 @@ class Cluster(Service):
         self.reader.start()
         self._figures_loop.start(FIGURES_INTERVAL, now=False)
 
-    @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
         if self._figures_loop.running:
             self._figures_loop.stop()
         self.flow.remove_input(self)
+        for _, _, timer in self._held.values():
+            if timer.active():
+                timer.cancel()
+        goodbye = defer.succeed(None)
         protocol = self.writer.protocol
         if protocol is not None:
-            try:
-                yield protocol.execute("DEL", NODE_KEY_PREFIX + self.node)
-                yield protocol.execute("SREM", NODES_KEY, self.node)
-            except Exception:
-                pass
-        yield defer.gatherResults([self.writer.stop(), self.reader.stop()])
+            # This node's figures leave the totals now, not when they expire.
+            goodbye = defer.gatherResults(
+                [
+                    protocol.execute("DEL", NODE_KEY_PREFIX + self.node),
+                    protocol.execute("SREM", NODES_KEY, self.node),
+                ],
+                consumeErrors=True,
+            )
+            goodbye.addTimeout(1.0, self.reactor)
+            goodbye.addErrback(lambda failure: None)
+        goodbye.addCallback(
+            lambda _: defer.gatherResults([self.writer.stop(), self.reader.stop()])
+        )
+        return goodbye
 
     # publishing
 
@@ -296,9 +307,10 @@ class Cluster(Service):
             done = protocol.execute(*appends[0])
             done.addCallback(lambda entry_id: [entry_id])
         else:
-            protocol.execute("MULTI")
-            for append in appends:
-                protocol.execute(*append)
+            queued = [protocol.execute("MULTI")]
+            queued += [protocol.execute(*append) for append in appends]
+            for reply in queued:
+                reply.addErrback(lambda failure: None)  # EXEC tells the outcome
             done = protocol.execute("EXEC")
         self._sent(len(messages))
         done.addBoth(self._answered, len(messages))
@@ -422,7 +434,7 @@ class Cluster(Service):
         """The newest --history entries become the history; reading starts after."""
         count = max(self.history_size, 1)
         loaded = protocol.execute("XREVRANGE", STREAM_KEY, "+", "-", "COUNT", count)
-        loaded.addCallbacks(self._tail_loaded, lambda failure: None)
+        loaded.addCallbacks(self._tail_loaded, self._tail_failed)
 
     def _tail_loaded(self, entries) -> None:
         entries = list(reversed(entries or []))
@@ -453,6 +465,14 @@ class Cluster(Service):
         )
         self._release_held(everyone=True)
         self._read()
+
+    def _tail_failed(self, failure) -> None:
+        if failure.check(RedisError):  # not a lost connection: that one retries
+            self.log.error(
+                "cluster: cannot read the stream {key}: {error}",
+                key=STREAM_KEY,
+                error=failure.getErrorMessage(),
+            )
 
     def _advance(self, entry_id: str) -> None:
         self.last_id = entry_id
@@ -555,6 +575,8 @@ class Cluster(Service):
         as its last id (it may have come from a node that is ahead), or has not
         loaded the stream's tail yet; at most HOLD_LIMIT seconds.
         """
+        if self.reader.protocol is None:
+            return False  # Redis is away: waiting would not bring it back
         given = next((i for i in last_ids if i), None)
         key = parse_id(given)
         if self.ready and (key is None or key <= self.last_key):
