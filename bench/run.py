@@ -265,7 +265,7 @@ class Server:
     so a chatty server can never block on a full pipe during a measurement.
     """
 
-    def __init__(self, twistd: str, workdir: Path, pin: list):
+    def __init__(self, twistd: str, workdir: Path, pin: list, extra: tuple = ()):
         self.log_path = workdir / "server.log"
         self.sse_port = self.control_port = None
         self.stop_info: dict = {}
@@ -288,6 +288,7 @@ class Server:
             "quiet",
             "--heartbeat",
             "0",
+            *extra,
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

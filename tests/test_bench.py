@@ -83,3 +83,38 @@ def test_bench_tiny_run(tmp_path, loader, request):
     }
     assert a["figures"]["deliveries"] == 200  # each of 10 gets its channel's 20
     assert d["figures"]["deliveries"] == d["parameters"]["subscribers"] == 190
+
+
+@pytest.mark.timeout(120)
+def test_cluster_bench_tiny_run(tmp_path, sseload):
+    """bench/cluster.py: load B standalone, with --redis, with --workers 2."""
+    out = tmp_path / "cluster.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cluster.py"),
+            "--runs",
+            "1",
+            "--scale",
+            "0.01",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert [r["config"] for r in report["runs"]] == ["standalone", "redis", "workers 2"]
+    for result in report["runs"]:
+        # 100 subscribers on 10 channels, 10 messages, each to 10 of them.
+        assert result["lost"] == 0, result
+        assert result["log_problems"] == [], result
+    assert [row["config"] for row in report["summary"]] == [
+        "standalone",
+        "redis",
+        "workers 2",
+    ]
+    assert "Redis adds ms/event" in run.stdout
