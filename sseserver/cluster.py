@@ -21,6 +21,7 @@ import os
 import socket
 import uuid
 from collections import deque
+from random import random
 from typing import Callable, Optional
 
 from twisted.application.internet import backoffPolicy
@@ -58,8 +59,8 @@ MAX_IN_FLIGHT = 2000
 FIGURES_INTERVAL = 1.0
 #: Seconds a command may go unanswered before the connection counts as dead.
 COMMAND_TIMEOUT = 5.0
-#: Seconds a subscriber is held back waiting for the stream to reach its id.
-HOLD_LIMIT = 2.0
+#: A last id this far (ms) past the clock is no node's (see Cluster.joined).
+AHEAD_LIMIT_MS = 60_000
 
 
 class Unavailable(ProtocolError):
@@ -95,7 +96,9 @@ class RedisLink:
         self.on_down = on_down
         self.timeout = timeout
         self.protocol: Optional[RedisProtocol] = None
-        self._policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=1.5)
+        self._policy = backoffPolicy(
+            initialDelay=0.1, maxDelay=2.0, factor=1.5, jitter=lambda: random() / 4
+        )
         self._attempt = 0
         self._down = False
         self._running = False
@@ -242,7 +245,7 @@ class Cluster(Service):
         self._paused = False
         self._delivered: dict = {}  # own event id -> deliveries here, the last few
         self._waiters: deque = deque()  # (key of the last id, ids, Deferred)
-        self._held: dict = {}  # subscriber -> (last ids, timer): see hold()
+        self._early: dict = {}  # subscriber -> last ids, joined before ready
         self._down_since: Optional[float] = None
         self._figures_loop = LoopingCall(self._report_figures)
         self._figures_loop.clock = reactor
@@ -262,9 +265,6 @@ class Cluster(Service):
         if self._figures_loop.running:
             self._figures_loop.stop()
         self.flow.remove_input(self)
-        for _, _, timer in self._held.values():
-            if timer.active():
-                timer.cancel()
         goodbye = defer.succeed(None)
         protocol = self.writer.protocol
         if protocol is not None:
@@ -463,7 +463,7 @@ class Cluster(Service):
             count=len(entries),
             id=self.last_id,
         )
-        self._release_held(everyone=True)
+        self._replay_early()
         self._read()
 
     def _tail_failed(self, failure) -> None:
@@ -547,7 +547,6 @@ class Cluster(Service):
                     hub.accepted_by_input["redis"] += 1
             self._advance(entry_id)
         self._settle_waiters()
-        self._release_held()
         self._read()
 
     # as an input of the flow control: reading stops while subscribers back up
@@ -569,40 +568,37 @@ class Cluster(Service):
 
     # the gate of Hub.join
 
-    def hold(self, subscriber, last_ids) -> bool:
+    def joined(self, subscriber, last_ids) -> bool:
         """
-        Hold a new subscriber back while this node has not read the stream as far
-        as its last id (it may have come from a node that is ahead), or has not
-        loaded the stream's tail yet; at most HOLD_LIMIT seconds.
+        A subscriber joined: whether its replay can run now.  Before the
+        stream's tail is loaded it runs when the tail is (nothing is delivered
+        before that, so nothing is missed in between).  A last id this node has
+        not read yet (it comes from a node that is ahead) becomes the
+        subscriber's floor in L{Hub.ahead}: it gets nothing twice.  An id more
+        than AHEAD_LIMIT_MS in the future is no node's: it is not a floor.
         """
-        if self.reader.protocol is None:
-            return False  # Redis is away: waiting would not bring it back
+        if not self.ready:
+            self._early[subscriber] = last_ids
+            return False
         given = next((i for i in last_ids if i), None)
         key = parse_id(given)
-        if self.ready and (key is None or key <= self.last_key):
-            return False
-        timer = self.reactor.callLater(HOLD_LIMIT, self._let_in, subscriber)
-        self._held[subscriber] = (last_ids, key, timer)
+        if (
+            key is not None
+            and key > self.last_key
+            and key[0] <= self.reactor.seconds() * 1000 + AHEAD_LIMIT_MS
+        ):
+            self.hub.ahead[subscriber] = key
         return True
 
     def forget(self, subscriber) -> None:
-        held = self._held.pop(subscriber, None)
-        if held is not None and held[2].active():
-            held[2].cancel()
+        self._early.pop(subscriber, None)
 
-    def _let_in(self, subscriber) -> None:
-        last_ids, _, timer = self._held.pop(subscriber)
-        if timer.active():
-            timer.cancel()
-        self.hub.registry.add(subscriber)
-        self.hub.replay(subscriber, *last_ids)
-
-    def _release_held(self, everyone: bool = False) -> None:
-        if not self._held or not self.ready:
-            return
-        for subscriber, (_, key, _) in list(self._held.items()):
-            if everyone and key is None or key is not None and key <= self.last_key:
-                self._let_in(subscriber)
+    def _replay_early(self) -> None:
+        """The replays put off until the stream's tail was loaded."""
+        early, self._early = self._early, {}
+        for subscriber, last_ids in early.items():
+            if self.joined(subscriber, last_ids):
+                self.hub.replay(subscriber, *last_ids)
 
     # the cluster's figures
 

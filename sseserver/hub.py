@@ -58,8 +58,11 @@ class Hub:
         #: The server is stopping: every stream is ended by it.
         self.stopping = False
         self._ended: set = set()  # streams the server ended, until they close
-        #: In a cluster: holds back subscribers until the node has caught up.
+        #: In a cluster (L{sseserver.cluster.Cluster}): told of every join.
         self.gate = None
+        #: Subscribers whose last id this node has not read yet (they came from
+        #: a node that is ahead): each gets no event up to that id.
+        self.ahead: dict = {}
 
     def publish(self, message: Message, source: str = "control") -> Event:
         """Deliver one message now; return the event with its id and encoding."""
@@ -76,6 +79,8 @@ class Hub:
         from the stream comes here.
         """
         reached = self.registry.match(event.target)
+        if self.ahead:
+            reached = self._behind(reached, event)
         for subscriber in reached:
             subscriber.send(event)
         count = len(reached)
@@ -102,14 +107,27 @@ class Hub:
     def join(self, subscriber, *last_ids) -> None:
         """
         A new subscriber: into the registry, then its replay (SPEC §2.7).  In a
-        cluster, the gate may hold it back until this node has read the stream
-        as far as the subscriber's last id (it may come from another node that
-        is ahead), so that it gets nothing twice and misses nothing.
+        cluster the gate may put the replay off until the node has loaded the
+        stream's tail, and may tell of a subscriber that is ahead (see L{ahead}).
         """
-        if self.gate is not None and self.gate.hold(subscriber, last_ids):
-            return
         self.registry.add(subscriber)
-        self.replay(subscriber, *last_ids)
+        if self.gate is None or self.gate.joined(subscriber, last_ids):
+            self.replay(subscriber, *last_ids)
+
+    def _behind(self, reached: list, event: Event) -> list:
+        """
+        Leave out the subscribers already past C{event} (their last id, from a
+        node that is ahead of this one, is not older); forget those it passes.
+        """
+        key = parse_id(event.id)
+        ahead = self.ahead
+        past = set()
+        for subscriber, floor in list(ahead.items()):
+            if key <= floor:
+                past.add(subscriber)
+            else:
+                del ahead[subscriber]
+        return [s for s in reached if s not in past] if past else reached
 
     def replay(self, subscriber, *last_ids) -> int:
         """
@@ -187,3 +205,6 @@ class Hub:
             reason = "client"
         self._ended.discard(subscriber)
         self.disconnects[reason] += 1
+        self.ahead.pop(subscriber, None)
+        if self.gate is not None:
+            self.gate.forget(subscriber)

@@ -563,11 +563,8 @@ class SSESite(Site):
     def stream_closed(self, stream: Stream) -> None:
         subscriber = stream.subscriber
         removed = self.registry.remove(subscriber)
-        hub = self.resource.hub
         if removed:
-            hub.disconnected(subscriber)
-        elif hub.gate is not None:
-            hub.gate.forget(subscriber)  # gone while held back (see Hub.join)
+            self.resource.hub.disconnected(subscriber)
         if removed and self.verbosity.normal:
             self.resource.log.info(
                 "subscriber <{number}> {peer} disconnected after {messages} messages",

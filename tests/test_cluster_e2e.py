@@ -100,6 +100,8 @@ def test_a_publish_on_either_node_reaches_both_once(
     assert status == 200, body
     reply = json.loads(body)
     fifo_write(fifo, b"a=from the FIFO of node 2\n")
+    # The FIFO's line is in the stream before the end marker goes in.
+    wait_figures(node2, b"tcpstatus", {"msgproccnt": 2})
     publish(node1, f"a={END.decode()}")
 
     expected = [
@@ -162,6 +164,7 @@ def test_replay_survives_a_node_restart(start_server, redis_server):
     node1 = start_node(start_server, redis.url)
     for data in ("one", "two", "three"):
         publish(node1, f"a={data}")
+    wait_figures(node1, b"tcpstatus", {"msgproccnt": 3})
     ids = redis.stream_ids()
     assert len(ids) == 3
     node1.stop()
@@ -349,3 +352,37 @@ def test_redis_password_from_the_url(start_server, redis_server):
     with ControlClient(wrong.control_port) as client:
         client.send(b"a=x\n")
         assert client.reply() == {"error": "redis unavailable"}
+
+
+def test_a_subscriber_from_a_node_ahead_gets_nothing_twice(start_server, redis_server):
+    """
+    A browser moves from a node that has read further than its new node: the
+    events up to its Last-Event-ID, which the new node delivers when it catches
+    up, are not sent to it again.
+    """
+    redis = redis_server()
+    with Forwarder(redis.port) as link:
+        behind = start_node(start_server, f"redis://127.0.0.1:{link.port}/0")
+        ahead = start_node(start_server, redis.url)
+        early = Stream(behind.port, "/sse/a")
+        behind.wait_subscribed("a", 1)
+        mark = behind.mark()
+        link.hold()
+        link.cut()
+        behind.wait_for_log(r"unavailable", start=mark)
+
+        first = Stream(ahead.port, "/sse/a")
+        ahead.wait_subscribed("a", 1)
+        for data in ("one", "two", "three"):
+            publish(ahead, f"a={data}")
+        last_id = first.read_events(3)[-1].split(b"\n")[0].split(b": ")[1].decode()
+        first.close()
+        moved = Stream(behind.port, "/sse/a", headers={"Last-Event-ID": last_id})
+        behind.wait_subscribed("a", 2)
+
+        link.release()
+        behind.wait_for_log(r"is back after", start=mark)
+        publish(ahead, "a=four")
+        publish(ahead, f"a={END.decode()}")
+        assert [data for _, data in events(moved)] == ["four"]
+        assert [data for _, data in events(early)] == ["one", "two", "three", "four"]
