@@ -236,6 +236,8 @@ class Cluster(Service):
         self.in_flight = 0
         self.refused = 0
         self.refused_total = 0
+        #: Times the stream was trimmed past what this node had read.
+        self.trimmed_unread = 0
         #: Figures of the other nodes, summed: refreshed every FIGURES_INTERVAL.
         self.others = cluster_totals([])
         self._holding_inputs = False
@@ -423,6 +425,7 @@ class Cluster(Service):
         if self.last_id is None:
             self._load_tail(protocol)
         else:
+            self._check_trimmed(protocol)
             self._read()
 
     def _reader_down(self, reason) -> None:
@@ -472,6 +475,35 @@ class Cluster(Service):
                 "cluster: cannot read the stream {key}: {error}",
                 key=STREAM_KEY,
                 error=failure.getErrorMessage(),
+            )
+
+    def _check_trimmed(self, protocol) -> None:
+        """
+        After a pause or an outage: may the stream's MAXLEN have dropped entries
+        this node had not read?  It may when the oldest entry left is newer than
+        the node's last id and the stream has lost entries (Redis counts those
+        added; the length is what is left).  Its subscribers missed them: say so.
+        """
+        info = protocol.execute("XINFO", "STREAM", STREAM_KEY)
+        info.addCallbacks(self._trimmed, lambda failure: None)
+
+    def _trimmed(self, reply) -> None:
+        fields = dict(zip(reply[::2], reply[1::2]))
+        added, length = fields.get(b"entries-added"), fields.get(b"length")
+        first = fields.get(b"first-entry")
+        if not (isinstance(added, int) and isinstance(length, int) and first):
+            return  # before Redis 7, or an empty stream
+        oldest = parse_id(first[0])
+        if added > length and oldest is not None and oldest > self.last_key:
+            self.trimmed_unread += 1
+            self.log.error(
+                "cluster: the oldest entry left in the stream ({oldest}) is newer than"
+                " this node's last id ({id}) and {gone} entries were trimmed: its"
+                " subscribers may have missed some; a larger --history keeps a"
+                " longer stream",
+                oldest=first[0].decode("ascii"),
+                id=self.last_id,
+                gone=added - length,
             )
 
     def _advance(self, entry_id: str) -> None:
@@ -560,7 +592,8 @@ class Cluster(Service):
         self._paused = False
         if self._queue and self._delivering is None:
             self._delivering = self.reactor.callLater(0, self._deliver)
-        else:
+        elif self.reader.protocol is not None:
+            self._check_trimmed(self.reader.protocol)
             self._read()
 
     def stopProducing(self) -> None:

@@ -6,7 +6,9 @@ nodes, a real redis-server, raw-socket subscribers and redis-cli.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -386,3 +388,64 @@ def test_a_subscriber_from_a_node_ahead_gets_nothing_twice(start_server, redis_s
         publish(ahead, f"a={END.decode()}")
         assert [data for _, data in events(moved)] == ["four"]
         assert [data for _, data in events(early)] == ["one", "two", "three", "four"]
+
+
+def test_a_node_behind_a_trimmed_stream_says_what_it_missed(start_server, redis_server):
+    redis = redis_server()
+    with Forwarder(redis.port) as link:
+        node1 = start_node(
+            start_server, f"redis://127.0.0.1:{link.port}/0", "--history", "0"
+        )
+        node2 = start_node(start_server, redis.url, "--history", "0")
+        stream = Stream(node1.port, "/sse/a")
+        node1.wait_subscribed("a", 1)
+        mark = node1.mark()
+        link.hold()
+        link.cut()
+        node1.wait_for_log(r"unavailable", start=mark)
+        # 1,500 events into a stream kept at about 1,000 (MAXLEN ~).
+        node2.control(b"".join(b"a=%d\n" % n for n in range(1500)))
+        wait_figures(node2, b"tcpstatus", {"msgproccnt": 1500})
+        oldest = redis.cli("XRANGE", "sseserver:events", "-", "+", "COUNT", "1")
+        first_kept = int(oldest[oldest.index("data") + 1])
+        assert first_kept > 0
+
+        link.release()
+        match = node1.wait_for_log(
+            r"the oldest entry left in the stream \((\S+)\) is newer than this"
+            r" node's last id \((\S+)\) and (\d+) entries were trimmed",
+            start=mark,
+        )
+        assert match[2] == "0-0"  # it had read nothing before the cut
+        assert match[1] == redis.stream_ids()[0]
+        assert int(match[3]) == first_kept  # 0 .. first_kept - 1 are gone
+        publish(node2, f"a={END.decode()}")
+        received = [int(data) for _, data in events(stream)]
+        assert received == list(range(first_kept, 1500))  # the rest, in order
+
+
+def test_a_redis_that_stops_answering_counts_as_down(start_server, redis_server):
+    """
+    A Redis that hangs (SIGSTOP) keeps its connections open: after 5 s without
+    an answer the node gives up on it, answers the publish waiting for it as
+    refused, and reconnects once it answers again.  Redis may still take the
+    refused event when it wakes up (it was in its socket buffer): a publish
+    refused in a failure may have been stored, never the other way round.
+    """
+    redis = redis_server()
+    node = start_node(start_server, redis.url)
+    stream = Stream(node.port, "/sse/a")
+    node.wait_subscribed("a", 1)
+    mark = node.mark()
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        with ControlClient(node.control_port) as client:
+            assert json_publish(client, "stuck") == {"error": "redis unavailable"}
+            client.send(b"a=refused at once\n")
+            assert client.reply() == {"error": "redis unavailable"}
+        node.wait_for_log(r"no answer for 5\.0 s; reconnecting", start=mark)
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    node.wait_for_log(r"is back after", start=mark)
+    publish(node, f"a={END.decode()}")
+    assert [data for _, data in events(stream)] in ([], ["stuck"])
