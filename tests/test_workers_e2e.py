@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from conftest import END, TIMEOUT, Stream, until_marker
 from test_options_e2e import LOOPBACK, run_twistd
+from test_tls_e2e import ca, tls, tls_stream  # noqa: F401 (fixtures)
 
 
 def start_pool(start_server, redis_url: str, *args: str, workers: int = 2):
@@ -165,3 +166,25 @@ def test_bad_cluster_option_is_a_one_line_error(tmp_path, args, error):
     assert len(errors) == 1, lines
     assert [line for line in lines if line.strip()][-1] == errors[0]
     assert not any("listening on" in line for line in lines)
+
+
+def test_workers_share_a_tls_port_next_to_a_plain_one(start_server, redis_server, tls):
+    endpoint, context = tls
+    redis = redis_server()
+    server = start_server(
+        "--redis", redis.url, "--workers", "2",
+        "--port", "tcp:0:interface=127.0.0.1", "--port", endpoint,
+        sse=2,
+    )  # fmt: skip
+    for number in (1, 2):
+        server.wait_for_log(rf"worker {number}: cluster: \d+ events loaded")
+    plain_port, tls_port = server.sse_ports
+    secure = [tls_stream(tls_port, context, "/sse/a") for _ in range(12)]
+    plain = [Stream(plain_port, "/sse/a") for _ in range(12)]
+    wait_cluster_subscribers(server, 24)
+    assert sorted(subscribers_by_worker(server)) == [1, 2]
+    server.control(b"a=over TLS and not\na=" + END + b"\n")
+    # Read through verified TLS: a frame written to the socket in the clear
+    # would have broken the TLS records of the secure streams.
+    for stream in secure + plain:
+        assert data_of(stream) == [b"over TLS and not", END]
