@@ -140,10 +140,22 @@ class SSECollector:
                 "1 while the cluster's Redis takes publishes, else 0.",
                 value=int(cluster.available),
             )
+            totals = cluster.totals()
             yield GaugeMetricFamily(
                 "sseserver_cluster_nodes",
                 "Nodes of the cluster reporting their figures, this one included.",
-                value=cluster.totals()["nodes"],
+                value=totals["nodes"],
+            )
+            yield GaugeMetricFamily(
+                "sseserver_cluster_subscribers",
+                "Subscribers of all nodes (sseconncli of the cluster).",
+                value=totals["sseconncli"],
+            )
+            yield GaugeMetricFamily(
+                "sseserver_cluster_connections",
+                "Connections to the SSE ports of all nodes (allconncli of the"
+                " cluster).",
+                value=totals["allconncli"],
             )
             yield CounterMetricFamily(
                 "sseserver_publishes_refused",

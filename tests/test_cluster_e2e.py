@@ -205,6 +205,19 @@ def test_counts_add_up_across_the_cluster(start_server, redis_server):
         f"http://127.0.0.1:{node1.admin_port}/status", timeout=TIMEOUT
     ) as response:
         assert json.load(response)["cluster"] == cluster
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{node1.admin_port}/metrics", timeout=TIMEOUT
+    ) as response:
+        metrics = response.read().decode()
+    for line in (
+        "sseserver_redis_up 1.0",
+        "sseserver_cluster_nodes 2.0",
+        "sseserver_cluster_subscribers 4.0",
+        "sseserver_cluster_connections 4.0",
+        "sseserver_publishes_refused_total 0.0",
+        "sseserver_subscribers 2.0",
+    ):
+        assert line in metrics.splitlines(), line
 
     # A node that dies stops counting once its figures expire.
     node2.process.kill()
