@@ -45,21 +45,39 @@ class Nginx:
     def __init__(self, workdir: Path, sse_port: int):
         self.workdir = workdir
         self.port = free_port()
-        logs = workdir / "logs"
-        temp = workdir / "temp"
-        logs.mkdir(parents=True)
-        temp.mkdir()
+        workdir.mkdir(parents=True, exist_ok=True)
         # A copy of the snippet, pointed at this test's sseserver.
         snippet = SNIPPET.read_text()
         assert snippet.count(UPSTREAM) == 1, snippet
         (workdir / "sseserver.conf").write_text(
             snippet.replace(UPSTREAM, f"proxy_pass http://127.0.0.1:{sse_port};")
         )
+        self.start(
+            "    server {\n"
+            f"        listen 127.0.0.1:{self.port};\n"
+            "        server_name localhost;\n"
+            f"        include {workdir}/sseserver.conf;\n"
+            "    }\n"
+        )
+
+    def start(self, http: str, log_format: str | None = None) -> None:
+        """Run nginx in the foreground with C{http} in its http block."""
+        workdir = self.workdir
+        logs = workdir / "logs"
+        temp = workdir / "temp"
+        logs.mkdir(parents=True, exist_ok=True)
+        temp.mkdir(exist_ok=True)
         user = ""
         if os.geteuid() == 0:  # workers would be "nobody" otherwise
             user = (
                 f"user {pwd.getpwuid(os.geteuid()).pw_name} "
                 f"{grp.getgrgid(os.getegid()).gr_name};\n"
+            )
+        access_log = f"    access_log {logs}/access.log;\n"
+        if log_format is not None:
+            access_log = (
+                f"    log_format custom {log_format};\n"
+                f"    access_log {logs}/access.log custom;\n"
             )
         conf = workdir / "nginx.conf"
         conf.write_text(
@@ -69,17 +87,13 @@ class Nginx:
             f"error_log {logs}/error.log info;\n"
             "events { worker_connections 64; }\n"
             "http {\n"
-            f"    access_log {logs}/access.log;\n"
+            f"{access_log}"
             f"    client_body_temp_path {temp}/client_body;\n"
             f"    proxy_temp_path {temp}/proxy;\n"
             f"    fastcgi_temp_path {temp}/fastcgi;\n"
             f"    uwsgi_temp_path {temp}/uwsgi;\n"
             f"    scgi_temp_path {temp}/scgi;\n"
-            "    server {\n"
-            f"        listen 127.0.0.1:{self.port};\n"
-            "        server_name localhost;\n"
-            f"        include {workdir}/sseserver.conf;\n"
-            "    }\n"
+            f"{http}"
             "}\n"
         )
         self.output = open(logs / "stderr.log", "wb")
