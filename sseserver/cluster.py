@@ -27,6 +27,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sseserver.clusterwire import (
     NODE_KEY_PREFIX,
@@ -51,8 +52,13 @@ BLOCK_MS = 1000
 #: Stream length kept with --history 0: the tail a node resumes from after an
 #: outage still has to be there.
 MIN_STREAM = 1000
-#: Events sent to Redis and not yet answered before the inputs wait.
+#: Publishes waiting for Redis (its answer, or a json/POST read-back) before
+#: the inputs wait.
 MAX_IN_FLIGHT = 2000
+#: This node's events in the stream and not read back yet, as a share of the
+#: stream's length, before the inputs wait: a burst must not outrun the node's
+#: own reading, or MAXLEN would trim events before it delivers them.
+UNREAD_SHARE = 2
 #: Seconds between two reports of this node's figures; they expire after three.
 FIGURES_INTERVAL = 1.0
 #: A last id this far (ms) past the clock is no node's (see Cluster.joined).
@@ -122,6 +128,7 @@ class Cluster(Service):
         self._paused = False
         self._delivered: dict = {}  # own event id -> deliveries here, the last few
         self._waiters: deque = deque()  # (key of the last id, ids, Deferred)
+        self._unread_own: deque = deque()  # keys of own events not read back yet
         self._early: dict = {}  # subscriber -> last ids, joined before ready
         self._down_since: Optional[float] = None
         self._figures_loop = LoopingCall(self._report_figures)
@@ -132,7 +139,7 @@ class Cluster(Service):
     def startService(self) -> None:
         super().startService()
         self.hub.gate = self
-        self.flow.add_input(self)
+        self.flow.add_reader(self)
         self.writer.start()
         self.reader.start()
         self._figures_loop.start(FIGURES_INTERVAL, now=False)
@@ -141,7 +148,7 @@ class Cluster(Service):
         super().stopService()
         if self._figures_loop.running:
             self._figures_loop.stop()
-        self.flow.remove_input(self)
+        self.flow.remove_reader(self)
         goodbye = defer.succeed(None)
         protocol = self.writer.protocol
         if protocol is not None:
@@ -207,31 +214,56 @@ class Cluster(Service):
 
     def _sent(self, count: int) -> None:
         self.in_flight += count
-        if self.in_flight > MAX_IN_FLIGHT and not self._holding_inputs:
-            self._holding_inputs = True
-            self.flow.hold("redis has not answered %d events yet" % self.in_flight)
+        self._check_backlog()
 
     def _answered(self, result, count: int):
         self.in_flight -= count
-        if self._holding_inputs and self.in_flight <= MAX_IN_FLIGHT // 2:
+        if isinstance(result, Failure):
+            self._check_backlog()  # else _accepted counts them as unread first
+        return result
+
+    def _check_backlog(self) -> None:
+        """
+        Hold the inputs while too many publishes wait: for Redis's answer, or
+        (json, POST) for the read-back.  Memory stays bounded; the stream's
+        reading goes on (it is what settles the read-backs).
+        """
+        unread = self._unread_own
+        while unread and unread[0] <= self.last_key:
+            unread.popleft()
+        backlog = self.in_flight + len(self._waiters)
+        limit = self.maxlen // UNREAD_SHARE
+        if not self._holding_inputs and (
+            backlog > MAX_IN_FLIGHT or len(unread) + self.in_flight > limit
+        ):
+            self._holding_inputs = True
+            self.flow.hold(f"{backlog + len(unread)} publishes wait for redis")
+        elif (
+            self._holding_inputs
+            and backlog <= MAX_IN_FLIGHT // 2
+            and len(unread) + self.in_flight <= limit // 2
+        ):
             self._holding_inputs = False
             self.flow.release("redis caught up")
-        return result
 
     def _accepted(self, replies, source: str, deliveries: bool):
         if replies is None:  # EXEC of an aborted transaction
             raise Unavailable()
         ids = [entry_id.decode("ascii") for entry_id in replies]
         self.hub.count_accepted(source, len(ids))
+        self._unread_own.extend(parse_id(entry_id) for entry_id in ids)
+        self._check_backlog()
         if not deliveries:
             return ids, None
         waiter: defer.Deferred = defer.Deferred()
         self._waiters.append((parse_id(ids[-1]), ids, waiter))
         self._settle_waiters()
+        self._check_backlog()
         return waiter
 
     def _not_accepted(self, failure, count: int):
         self._refused(count)
+        self._check_backlog()
         if failure.check(RedisError):
             raise Unavailable(f"redis refused the event: {failure.getErrorMessage()}")
         if failure.check(Unavailable):
@@ -255,6 +287,7 @@ class Cluster(Service):
                 )
             counts = [self._delivered.get(entry_id, 0) for entry_id in ids]
             waiter.callback((ids, sum(counts)))
+        self._check_backlog()
 
     def _remember_delivered(self, entry_id: str, count: int) -> None:
         """
@@ -456,7 +489,7 @@ class Cluster(Service):
         self._settle_waiters()
         self._read()
 
-    # as an input of the flow control: reading stops while subscribers back up
+    # as a reader of the flow control: reading stops while subscribers back up
 
     def pauseProducing(self) -> None:
         self._paused = True

@@ -33,6 +33,9 @@ class Congestion:
         self._held = 0  # holds of other backlogs (the cluster's unanswered XADDs)
         #: Push producers of published data: control transports, the FIFO.
         self.inputs: set = set()
+        #: Push producers of events to deliver (the cluster's reading of the
+        #: stream): they wait for the subscribers only, not for other holds.
+        self.readers: set = set()
 
     def limit(self) -> int:
         return max(MIN_BACKED_UP, len(self.registry) // SHARE)
@@ -41,12 +44,16 @@ class Congestion:
         self.backed_up += 1
         if not self._backed and self.backed_up > self.limit():
             self._backed = True
+            for reader in list(self.readers):
+                reader.pauseProducing()
             self._update(f"{self.backed_up} subscribers backed up")
 
     def subscriber_resumed(self) -> None:
         self.backed_up -= 1
         if self._backed and self.backed_up <= self.limit() // 2:
             self._backed = False
+            for reader in list(self.readers):
+                reader.resumeProducing()
             self._update("subscribers' backlog drained")
 
     def hold(self, reason: str) -> None:
@@ -83,6 +90,14 @@ class Congestion:
     def remove_input(self, producer) -> None:
         self.inputs.discard(producer)
 
+    def add_reader(self, producer) -> None:
+        self.readers.add(producer)
+        if self._backed:
+            producer.pauseProducing()
+
+    def remove_reader(self, producer) -> None:
+        self.readers.discard(producer)
+
 
 class NoCongestion:
     """Flow control for parts used outside a server (tests): never throttled."""
@@ -106,6 +121,9 @@ class NoCongestion:
 
     def remove_input(self, producer) -> None:
         pass
+
+    add_reader = add_input
+    remove_reader = remove_input
 
 
 NO_CONGESTION = NoCongestion()

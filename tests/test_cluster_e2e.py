@@ -462,3 +462,27 @@ def test_a_redis_that_stops_answering_counts_as_down(start_server, redis_server)
     node.wait_for_log(r"is back after", start=mark)
     publish(node, f"a={END.decode()}")
     assert [data for _, data in events(stream)] in ([], ["stuck"])
+
+
+def test_a_flood_while_redis_is_slow_waits_and_loses_nothing(
+    start_server, redis_server
+):
+    """
+    More than 2,000 publishes waiting for Redis hold the inputs (what a publisher
+    sends waits in its socket, not in the node's memory) until Redis catches up.
+    """
+    redis = redis_server()
+    node = start_node(start_server, redis.url, "--loglevel", "debug")
+    stream = Stream(node.port, "/sse/a")
+    node.wait_subscribed("a", 1)
+    mark = node.mark()
+    lines = b"".join(b"a=%d\n" % n for n in range(5000)) + b"a=" + END + b"\n"
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        with ControlClient(node.control_port) as client:
+            client.send(lines)
+            node.wait_for_log(r"publishes wait for redis: inputs paused", start=mark)
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    node.wait_for_log(r"redis caught up: inputs resumed", start=mark)
+    assert [int(data) for _, data in events(stream)] == list(range(5000))

@@ -132,3 +132,20 @@ def test_a_hold_and_backed_up_subscribers_both_must_end():
     flow.release("redis caught up")
     assert not flow.throttled and source.calls == ["pause", "resume"]
     assert len(subs) == 10
+
+
+def test_a_reader_waits_for_the_subscribers_only():
+    flow = Congestion(Registry())
+    source, reader = Input(), Input()
+    flow.add_input(source)
+    flow.add_reader(reader)
+    flow.hold("redis has not answered")  # reading the stream settles that
+    assert source.calls == ["pause"] and reader.calls == []
+    subscribers(flow, 10)
+    for _ in range(MIN_BACKED_UP + 1):
+        flow.subscriber_paused()
+    assert reader.calls == ["pause"]
+    for _ in range(MIN_BACKED_UP + 1):
+        flow.subscriber_resumed()
+    assert reader.calls == ["pause", "resume"]
+    assert source.calls == ["pause"]  # still held
