@@ -98,11 +98,12 @@ def test_a_publish_on_either_node_reaches_both_once(
     node2.wait_subscribed("a", 2)
 
     publish(node1, "a=from control on node 1")
+    # Each event is in the stream before the next one goes in on the other node.
+    wait_figures(node1, b"tcpstatus", {"msgproccnt": 1})
     status, body = post(node2, "/sse/a/b", {"data": "from HTTP on node 2"})
     assert status == 200, body
     reply = json.loads(body)
     fifo_write(fifo, b"a=from the FIFO of node 2\n")
-    # The FIFO's line is in the stream before the end marker goes in.
     wait_figures(node2, b"tcpstatus", {"msgproccnt": 2})
     publish(node1, f"a={END.decode()}")
 
