@@ -40,7 +40,7 @@ from sseserver.clusterwire import (
 )
 from sseserver.event import Event
 from sseserver.grammar import ProtocolError
-from sseserver.history import BEGINNING, parse_id
+from sseserver.history import BEGINNING, History, parse_id
 from sseserver.hub import Hub
 from sseserver.pump import DELIVERIES_PER_TURN
 from sseserver.redislink import COMMAND_TIMEOUT, RedisLink
@@ -126,6 +126,8 @@ class Cluster(Service):
         self._reading = False
         self._delivering = None
         self._paused = False
+        self._recheck = False  # look at the stream before reading on
+        self._restarted = False  # reading a new stream from its start
         self._delivered: dict = {}  # own event id -> deliveries here, the last few
         self._waiters: deque = deque()  # (key of the last id, ids, Deferred)
         self._unread_own: deque = deque()  # keys of own events not read back yet
@@ -274,9 +276,9 @@ class Cluster(Service):
         self.refused += count  # in this outage, for the log
         self.refused_total += count
 
-    def _settle_waiters(self) -> None:
+    def _settle_waiters(self, everyone: bool = False) -> None:
         """Answer the JSON publishes whose events this node has read back."""
-        while self._waiters and self._waiters[0][0] <= self.last_key:
+        while self._waiters and (everyone or self._waiters[0][0] <= self.last_key):
             _, ids, waiter = self._waiters.popleft()
             missing = [entry_id for entry_id in ids if entry_id not in self._delivered]
             if missing:
@@ -333,7 +335,7 @@ class Cluster(Service):
         if self.last_id is None:
             self._load_tail(protocol)
         else:
-            self._check_trimmed(protocol)
+            self._recheck = True
             self._read()
 
     def _reader_down(self, reason) -> None:
@@ -385,18 +387,67 @@ class Cluster(Service):
                 error=failure.getErrorMessage(),
             )
 
-    def _check_trimmed(self, protocol) -> None:
+    def _check_stream(self, protocol) -> defer.Deferred:
         """
-        After a pause or an outage: may the stream's MAXLEN have dropped entries
-        this node had not read?  It may when the oldest entry left is newer than
-        the node's last id and the stream has lost entries (Redis counts those
-        added; the length is what is left).  Its subscribers missed them: say so.
+        After an outage or a pause, before reading on: is the stream still the one
+        this node was reading (L{_restart_stream}), and may its MAXLEN have
+        dropped entries the node had not read (L{_trimmed})?
         """
         info = protocol.execute("XINFO", "STREAM", STREAM_KEY)
-        info.addCallbacks(self._trimmed, lambda failure: None)
+        return info.addCallbacks(self._stream_info, self._no_stream)
 
-    def _trimmed(self, reply) -> None:
+    def _stream_info(self, reply) -> None:
         fields = dict(zip(reply[::2], reply[1::2]))
+        newest = fields.get(b"last-generated-id")
+        if isinstance(newest, bytes) and parse_id(newest) < self.last_key:
+            self._restart_stream(
+                f"its newest id {newest.decode('ascii')} is older than this node's"
+                f" last id {self.last_id}"
+            )
+        else:
+            self._trimmed(fields)
+
+    def _no_stream(self, failure) -> None:
+        if failure.check(RedisError) and "no such key" in failure.getErrorMessage():
+            if self.last_key > (0, 0):
+                self._restart_stream("it is gone")
+
+    def _restart_stream(self, why: str) -> None:
+        """
+        Redis lost the stream (restarted without its data, perhaps on a clock
+        behind): its new entries may have ids below this node's last id, which
+        XREAD would skip for ever.  Read the new stream from its start; what was
+        waiting for the old one is answered now.
+        """
+        self.log.error(
+            "cluster: the stream is not the one this node was reading ({why}):"
+            " Redis lost it; reading the new one from its start",
+            why=why,
+        )
+        self._advance("0-0")
+        self._restarted = True
+        self.hub.ahead.clear()
+        self._unread_own.clear()
+        self._settle_waiters(everyone=True)
+
+    def _renew_history(self, first: tuple) -> None:
+        """
+        The first event of a new stream: the history keeps what it holds (it can
+        still be replayed) unless the new ids are not newer, which it cannot
+        order: then it starts over.
+        """
+        history = self.hub.history
+        if history is not None and history.newest_key is not None:
+            if first <= history.newest_key:
+                self.hub.history = History(history.size)
+
+    def _trimmed(self, fields: dict) -> None:
+        """
+        May the stream's MAXLEN have dropped entries this node had not read?  It
+        may when the oldest entry left is newer than the node's last id and the
+        stream has lost entries (Redis 7 counts those added; the length is what
+        is left).  Its subscribers missed them: say so.
+        """
         added, length = fields.get(b"entries-added"), fields.get(b"length")
         first = fields.get(b"first-entry")
         if not (isinstance(added, int) and isinstance(length, int) and first):
@@ -429,6 +480,14 @@ class Cluster(Service):
         ):
             return
         self._reading = True
+        if self._recheck:  # after an outage or a pause: look first
+            self._recheck = False
+            checked = self._check_stream(protocol)
+            checked.addCallback(lambda _: self._xread(protocol))
+            return
+        self._xread(protocol)
+
+    def _xread(self, protocol) -> None:
         reading = protocol.execute(
             "XREAD",
             "COUNT",
@@ -480,6 +539,9 @@ class Cluster(Service):
                 )
             else:
                 event = Event(entry_id, message.target, message.type, message.data)
+                if self._restarted:
+                    self._restarted = False
+                    self._renew_history(parse_id(entry_id))
                 delivered = hub.deliver(event)
                 if node == self.node:
                     self._remember_delivered(entry_id, delivered)
@@ -498,10 +560,10 @@ class Cluster(Service):
         if not self._paused:
             return
         self._paused = False
+        self._recheck = True  # the stream may have been trimmed meanwhile
         if self._queue and self._delivering is None:
             self._delivering = self.reactor.callLater(0, self._deliver)
-        elif self.reader.protocol is not None:
-            self._check_trimmed(self.reader.protocol)
+        else:
             self._read()
 
     def stopProducing(self) -> None:

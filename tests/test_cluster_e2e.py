@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 import urllib.error
@@ -487,3 +488,33 @@ def test_a_flood_while_redis_is_slow_waits_and_loses_nothing(
         os.kill(redis.process.pid, signal.SIGCONT)
     node.wait_for_log(r"redis caught up: inputs resumed", start=mark)
     assert [int(data) for _, data in events(stream)] == list(range(5000))
+
+
+def test_a_node_reads_a_new_stream_when_redis_lost_the_old_one(
+    start_server, redis_server
+):
+    """
+    Redis comes back without its data, and the new stream's ids are below what
+    the node had read (a Redis on a clock behind): the node reads the new
+    stream from its start instead of waiting for ids to pass its old one.
+    """
+    redis = redis_server()
+    node = start_node(start_server, redis.url)
+    stream = Stream(node.port, "/sse/a")
+    node.wait_subscribed("a", 1)
+    publish(node, "a=before")
+    stream.read_events(1)
+    mark = node.mark()
+    redis.kill()
+    for leftover in redis.dir.iterdir():  # its data is lost
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    redis.start()
+    # An entry from a publisher whose Redis clock is behind: a small id.
+    redis.cli(
+        "XADD", "sseserver:events", "1000-0", "target", '{"channels":["a"]}',
+        "type", "message", "data", "after", "node", "elsewhere",
+    )  # fmt: skip
+    node.wait_for_log(r"Redis lost it; reading the new one from its start", mark)
+    node.wait_for_log(r"is back after", mark)
+    publish(node, f"a={END.decode()}")
+    assert [data for _, data in events(stream)] == ["before", "after"]
