@@ -1,7 +1,9 @@
 """
 The hub: the one place an accepted event goes.  It gives the event its id, counts
 it, hands it to every subscriber the registry matches, and keeps it in the history
-for C{Last-Event-ID} replay (SPEC §2.7).
+for C{Last-Event-ID} replay (SPEC §2.7).  In a cluster (L{sseserver.cluster}) the
+ids come from the Redis stream, and every event read back from it comes to
+L{Hub.deliver}.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ class Hub:
     def publish(self, message: Message, source: str = "control") -> Event:
         """Deliver one message now; return the event with its id and encoding."""
         event = Event(self.ids.next(), message.target, message.type, message.data)
-        self.accepted += 1
-        self.accepted_by_input[source] = self.accepted_by_input.get(source, 0) + 1
+        self.count_accepted(source)
         self.deliver(event)
         return event
 
