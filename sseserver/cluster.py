@@ -117,8 +117,6 @@ class Cluster(Service):
         self.in_flight = 0
         self.refused = 0
         self.refused_total = 0
-        #: Times the stream was trimmed past what this node had read.
-        self.trimmed_unread = 0
         #: Figures of the other nodes, summed: refreshed every FIGURES_INTERVAL.
         self.others = cluster_totals([])
         self._holding_inputs = False
@@ -454,7 +452,6 @@ class Cluster(Service):
             return  # before Redis 7, or an empty stream
         oldest = parse_id(first[0])
         if added > length and oldest is not None and oldest > self.last_key:
-            self.trimmed_unread += 1
             self.log.error(
                 "cluster: the oldest entry left in the stream ({oldest}) is newer than"
                 " this node's last id ({id}) and {gone} entries were trimmed: its"

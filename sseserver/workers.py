@@ -153,20 +153,22 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pool = pool
         self.number = number
         self.pid = None
-        self._partial = b""
+        self._partial: dict = {}  # child fd -> its unfinished last line
         self.ended: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
 
-    def outReceived(self, data: bytes) -> None:
-        # One JSON log event per line (after a record separator, \x1e).
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Standard output carries one JSON log event per line (after a record
+        separator, \x1e); standard error, what Python writes before the log is
+        set up.  Each is split into lines on its own.
+        """
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
         for line in lines:
             self._relay(line.lstrip(b"\x1e"))
-
-    errReceived = outReceived
 
     def _relay(self, record: bytes) -> None:
         text = record.strip().decode("utf-8", "replace")
@@ -183,9 +185,9 @@ class WorkerProcess(protocol.ProcessProtocol):
             emit("worker {number}: {line}", number=self.number, line=line)
 
     def processEnded(self, reason) -> None:
-        if self._partial:
-            self._relay(self._partial.lstrip(b"\x1e"))
-            self._partial = b""
+        for rest in self._partial.values():
+            self._relay(rest.lstrip(b"\x1e"))
+        self._partial = {}
         self.ended.callback(None)
         self.pool.worker_ended(self, reason)
 
@@ -204,7 +206,6 @@ class WorkerPool(Service):
         self._started_at: dict = {}
         self._delays: dict = {}
         self._restarts: dict = {}
-        self.restarted = 0
 
     def startService(self) -> None:
         super().startService()
@@ -255,7 +256,6 @@ class WorkerPool(Service):
                 self._delays.get(number, RESTART_DELAY / 2) * 2, MAX_RESTART_DELAY
             )
         self._delays[number] = delay
-        self.restarted += 1
         log.error(
             "worker {number} (pid {pid}) exited ({reason}); restarting it in {delay} s",
             number=number,

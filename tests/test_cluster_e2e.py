@@ -71,6 +71,18 @@ def events(stream: Stream) -> list:
     return found[:-1]
 
 
+def cut_off(node, link: Forwarder) -> int:
+    """
+    Cut a node off from Redis: the forwarder between them drops its
+    connections and holds new ones unanswered.  Returns the node's log mark.
+    """
+    mark = node.mark()
+    link.hold()
+    link.cut()
+    node.wait_for_log(r"unavailable", start=mark)
+    return mark
+
+
 def wait_figures(node, command: bytes, expected: dict) -> dict:
     """Poll a tcp command until its reply contains C{expected}."""
     deadline = time.monotonic() + TIMEOUT
@@ -325,17 +337,14 @@ def test_a_node_cut_off_from_redis_resumes_after_its_last_id(
     with Forwarder(redis.port) as link:
         node1 = start_node(start_server, f"redis://127.0.0.1:{link.port}/0")
         node2 = start_node(start_server, redis.url)
-        cut_off = Stream(node1.port, "/sse/a")
+        isolated = Stream(node1.port, "/sse/a")
         other = Stream(node2.port, "/sse/a")
         node1.wait_subscribed("a", 1)
         node2.wait_subscribed("a", 1)
         publish(node2, "a=one")
-        cut_off.read_events(1)
+        isolated.read_events(1)
 
-        mark = node1.mark()
-        link.hold()  # new connections to Redis wait, unanswered
-        link.cut()
-        node1.wait_for_log(r"unavailable", start=mark)
+        mark = cut_off(node1, link)
         with ControlClient(node1.control_port) as client:
             client.send(b"a=refused\n")
             assert client.reply() == {"error": "redis unavailable"}
@@ -346,13 +355,13 @@ def test_a_node_cut_off_from_redis_resumes_after_its_last_id(
             b"two",
             b"three",
         ]
-        assert len(cut_off.data_events()) == 1  # nothing while cut off
+        assert len(isolated.data_events()) == 1  # nothing while cut off
 
         link.release()
         node1.wait_for_log(r"is back after", start=mark)
         publish(node2, f"a={END.decode()}")
-        assert [data for _, data in events(cut_off)] == ["one", "two", "three"]
-        assert events(cut_off) == events(other)
+        assert [data for _, data in events(isolated)] == ["one", "two", "three"]
+        assert events(isolated) == events(other)
 
 
 def test_redis_password_from_the_url(start_server, redis_server):
@@ -383,10 +392,7 @@ def test_a_subscriber_from_a_node_ahead_gets_nothing_twice(start_server, redis_s
         ahead = start_node(start_server, redis.url)
         early = Stream(behind.port, "/sse/a")
         behind.wait_subscribed("a", 1)
-        mark = behind.mark()
-        link.hold()
-        link.cut()
-        behind.wait_for_log(r"unavailable", start=mark)
+        mark = cut_off(behind, link)
 
         first = Stream(ahead.port, "/sse/a")
         ahead.wait_subscribed("a", 1)
@@ -414,10 +420,7 @@ def test_a_node_behind_a_trimmed_stream_says_what_it_missed(start_server, redis_
         node2 = start_node(start_server, redis.url, "--history", "0")
         stream = Stream(node1.port, "/sse/a")
         node1.wait_subscribed("a", 1)
-        mark = node1.mark()
-        link.hold()
-        link.cut()
-        node1.wait_for_log(r"unavailable", start=mark)
+        mark = cut_off(node1, link)
         # 1,500 events into a stream kept at about 1,000 (MAXLEN ~).
         node2.control(b"".join(b"a=%d\n" % n for n in range(1500)))
         wait_figures(node2, b"tcpstatus", {"msgproccnt": 1500})
