@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sseserver.event import FINAL_CHUNK, HEARTBEAT, HEARTBEAT_CHUNK, Event
-from sseserver.fastwrite import socket_writer
+from sseserver.fastwrite import DirectWriter
 from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import Target
 
@@ -24,18 +24,15 @@ MAX_CLIENT_BUFFER = 1048576
 log = Logger(namespace="sseserver.registry")
 
 
-def _discard(data: bytes) -> None:
-    """The write of a dropped subscriber."""
-
-
 @implementer(IPushProducer)
-class Subscriber:
+class Subscriber(DirectWriter):
     """
-    One open SSE response, kept small: its channels, client id and stats, and the
-    transport's C{write}.  Frames go straight to the transport, already chunked
-    when the response is (the encoding is shared by all subscribers; see
+    One open SSE response, kept small: its channels, client id and stats, and its
+    transport.  Frames go straight to the transport, already chunked when the
+    response is (the encoding is shared by all subscribers; see
     L{sseserver.event.Event.chunk}), instead of through C{Request.write}, which
-    would re-frame every event for every subscriber.
+    would re-frame every event for every subscriber; and straight to the socket
+    when Twisted holds nothing unsent for it (L{DirectWriter}).
 
     It is also the response's push producer: the transport pauses it when its
     buffer is full (the peer reads slower than events arrive).  Events keep being
@@ -57,12 +54,10 @@ class Subscriber:
         "errors",
         "written",
         "chunked",
-        "transport",
         "paused",
         "backlog",
         "limit",
         "flow",
-        "_write",
     )
 
     def __init__(
@@ -81,12 +76,11 @@ class Subscriber:
         max_buffer: int = MAX_CLIENT_BUFFER,
         flow=NO_CONGESTION,
     ):
+        DirectWriter.__init__(self, transport)
         self.number = number
         self.channels = channels
         self.all_channels = all_channels
         self.client_id = client_id
-        self.transport = transport
-        self._write = socket_writer(transport)
         self.chunked = chunked
         self.peer = peer
         self.agent = agent
@@ -103,20 +97,20 @@ class Subscriber:
         self.limit = max(0, max_buffer - getattr(transport, "bufferSize", 0))
 
     def send(self, event: Event) -> None:
-        frame = event.chunk if self.chunked else event.wire
-        self._write(frame)
         self.messages += 1
         self.written = True
+        self.write(event.chunk if self.chunked else event.wire)
+
+    def queue(self, frame: bytes) -> None:
+        """Through Twisted's buffer; while paused, counted against the limit."""
+        self.transport.write(frame)
         if self.paused:
             self._held(len(frame))
 
     def heartbeat(self) -> None:
         """Send a comment unless something was written since the last call."""
         if not self.written:
-            frame = HEARTBEAT_CHUNK if self.chunked else HEARTBEAT
-            self._write(frame)
-            if self.paused:
-                self._held(len(frame))
+            self.write(HEARTBEAT_CHUNK if self.chunked else HEARTBEAT)
         self.written = False
 
     def finish(self) -> None:
@@ -128,8 +122,8 @@ class Subscriber:
         self._set_paused(False)
         self.transport.unregisterProducer()
         if self.chunked:
-            self._write(FINAL_CHUNK)
-        self._write = _discard
+            self.write(FINAL_CHUNK)
+        self.stop_writing()
 
     def end(self) -> None:
         """End the stream cleanly: the final chunk, then close."""
@@ -143,7 +137,7 @@ class Subscriber:
 
     def drop(self) -> None:
         """Too slow: stop writing, free the buffer, close the connection."""
-        self._write = _discard
+        self.stop_writing()
         self._set_paused(False)  # nothing more is held for it
         self.errors += 1
         log.warn(
@@ -163,7 +157,7 @@ class Subscriber:
         self._set_paused(False)
 
     def stopProducing(self) -> None:
-        self._write = _discard
+        self.stop_writing()
         self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:

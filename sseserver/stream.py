@@ -44,6 +44,7 @@ class Stream:
         self.ignored += len(data)
         if self.ignored > MAX_IGNORED_BYTES:
             self.site.log_rejected(self, "sent more than 64 KiB on an open stream")
+            self.subscriber.stopProducing()  # nothing more for a closing connection
             self.transport.abortConnection()
 
     def connectionLost(self, reason=connectionDone) -> None:
