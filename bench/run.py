@@ -3,6 +3,7 @@ Benchmark of the checkout's sseserver against the targets of the project issue.
 
     python bench/run.py [--loads A,B,C,D] [--scale 0.05] [--json out.json]
                         [--loader auto|sseload|python] [--sseload PATH]
+                        [--server sseserver|floor]
 
 For each load it starts the REAL server from this checkout (C{twistd -n sseserver}
 with C{PYTHONPATH} set to the checkout, so the code measured is the code checked
@@ -20,6 +21,12 @@ its docstring for why its CPU per delivery is not comparable).
 With C{taskset} and two CPUs, the server runs on the first CPU and the load
 generator on the second, so they do not compete for a core.  Everything listens on
 and connects to 127.0.0.1 only.  See bench/RESULTS.md for measured figures.
+
+C{--server floor} measures C{bench/floor} instead (built with C{make} when needed):
+a minimal single-threaded C epoll server with sseserver's wire format and one
+C{send()} per delivery, under the same loads, pinning and table.  Its figures are
+the floor of what the kernel's loopback TCP path costs on this machine, to set
+sseserver's against.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYLOAD = ROOT / "bench" / "pyload.py"
 DEFAULT_SSELOAD = ROOT.parent / "shared" / "tools" / "sseload" / "sseload"
+FLOOR = ROOT / "bench" / "floor"
 
 #: fds a process needs beyond one per connection (listeners, epoll, logs, pipes).
 FD_MARGIN = 100
@@ -55,13 +63,15 @@ LISTENING = re.compile(
     r"\b(SSE|control) listening on 127\.0\.0\.1:(\d+)\s*$", re.MULTILINE
 )
 TWISTD_VERSIONS = re.compile(r"twistd (\S+) \((\S+) (\S+)\) starting up")
+FLOOR_VERSIONS = re.compile(r"floor starting up \(C, epoll, (.+)\)")
 
 #: Log lines of a normal start and stop at --loglevel quiet; anything else in the
 #: server's log is reported as something to look at.
 NORMAL_LOG = re.compile(
     r"twistd .* starting up|reactor class:|\bstarting on \d+|Starting factory|"
     r"listening on|file descriptor limit raised|Received SIG(TERM|INT)|"
-    r"\(TCP Port \d+ Closed\)|Stopping factory|Main loop terminated|Server Shut Down"
+    r"\(TCP Port \d+ Closed\)|Stopping factory|Main loop terminated|Server Shut Down|"
+    r"floor starting up|floor: closed 0 subscriber"
 )
 
 
@@ -290,6 +300,9 @@ class Server:
             "0",
             *extra,
         ]
+        self._start(command, workdir, env)
+
+    def _start(self, command: list, workdir: Path, env: dict) -> None:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -350,6 +363,36 @@ class Server:
             for line in self.log().splitlines()
             if line.strip() and not NORMAL_LOG.search(line)
         ]
+
+
+class FloorServer(Server):
+    """
+    C{bench/floor}: the same ports, log lines and stop as L{Server}, but no Python.
+    It prints how many subscribers it dropped on a full socket; any but 0 is a
+    log problem.
+    """
+
+    def __init__(self, binary: str, workdir: Path, pin: list):
+        self.log_path = workdir / "server.log"
+        self.sse_port = self.control_port = None
+        self.stop_info: dict = {}
+        command = pin + [binary, "--port", "0", "--control", "0"]
+        self._start(command, workdir, dict(os.environ))
+
+    def versions(self) -> dict:
+        match = FLOOR_VERSIONS.search(self.log())
+        return {"compiler": match[1]} if match else {}
+
+
+def build_floor() -> str:
+    """C{make} in bench/floor (a no-op when the binary is up to date)."""
+    build = subprocess.run(
+        ["make", "-C", str(FLOOR)], capture_output=True, text=True, check=False
+    )
+    binary = FLOOR / "floor"
+    if build.returncode != 0 or not os.access(binary, os.X_OK):
+        raise SystemExit(f"run.py: building {binary} failed:\n{build.stderr}")
+    return str(binary)
 
 
 @dataclass
@@ -494,11 +537,13 @@ def loader_args(p: Plan, server: Server, timeout: float) -> list:
     return ["--quiet"] + [str(x) for pair in options.items() for x in pair]
 
 
-def run_load(p: Plan, loader: Loader, twistd: str, pins: tuple, workdir: Path) -> dict:
+def run_load(
+    p: Plan, loader: Loader, program: str, pins: tuple, workdir: Path, kind=Server
+) -> dict:
     """Start a fresh server, run the load generator against it, stop the server."""
     workdir.mkdir(parents=True, exist_ok=True)
     other = OtherLoad()
-    server = Server(twistd, workdir, pins[0])
+    server = kind(program, workdir, pins[0])
     try:
         server.wait_listening()
         timeout = loader_timeout(p, loader)
@@ -685,7 +730,7 @@ def machine() -> dict:
     }
 
 
-def commit() -> str:
+def commit(code: tuple = ("sseserver", "twisted")) -> str:
     """The checkout's short commit, with C{+dirty} when the server code changed."""
     try:
         rev = subprocess.run(
@@ -702,8 +747,7 @@ def commit() -> str:
                 "status",
                 "--porcelain",
                 "--",
-                "sseserver",
-                "twisted",
+                *code,
             ],
             capture_output=True,
             text=True,
@@ -748,6 +792,12 @@ def parse_args(argv: list) -> argparse.Namespace:
         help="twistd to run the server with (default: next to python)",
     )
     parser.add_argument(
+        "--server",
+        choices=("sseserver", "floor"),
+        default="sseserver",
+        help="server to measure (floor: the minimal C server in bench/floor)",
+    )
+    parser.add_argument(
         "--keep-logs",
         type=Path,
         help="keep server logs and loader stderr in this directory",
@@ -780,8 +830,13 @@ def main(argv=None) -> int:
     plans = [
         plan(LOADS[k], args.scale, max_connections(), port_budget()) for k in args.loads
     ]
+    if args.server == "floor":
+        program, kind, code = build_floor(), FloorServer, ("bench/floor",)
+    else:
+        program, kind, code = args.twistd, Server, ("sseserver", "twisted")
     report = {
-        "commit": commit(),
+        "server": args.server,
+        "commit": commit(code),
         "scale": args.scale,
         "loader": loader.kind,
         "machine": machine(),
@@ -799,7 +854,12 @@ def main(argv=None) -> int:
                 flush=True,
             )
             result = run_load(
-                p, loader, args.twistd, (server_pin, loader_pin), workroot / p.load.key
+                p,
+                loader,
+                program,
+                (server_pin, loader_pin),
+                workroot / p.load.key,
+                kind,
             )
             report["loads"].append(result)
             report.setdefault("versions", result["server"]["versions"])
@@ -815,10 +875,18 @@ def main(argv=None) -> int:
 def print_report(report: dict) -> None:
     versions = report.get("versions", {})
     m = report["machine"]
+    if report.get("server") == "floor":
+        server = "floor (bench/floor, minimal C epoll server)"
+        built = f"cc {versions.get('compiler', '?')}"
+    else:
+        server = "sseserver"
+        built = (
+            f"Python {versions.get('python', '?')}, "
+            f"Twisted {versions.get('twisted', '?')}"
+        )
     print(
-        f"sseserver {report['commit']}, scale {report['scale']}, loader "
-        f"{report['loader']}; {m['nproc']} CPUs ({m['cpu_model']}), Python "
-        f"{versions.get('python', '?')}, Twisted {versions.get('twisted', '?')}; "
+        f"{server} {report['commit']}, scale {report['scale']}, loader "
+        f"{report['loader']}; {m['nproc']} CPUs ({m['cpu_model']}), {built}; "
         f"{report['pinning']}"
     )
     print()

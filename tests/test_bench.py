@@ -85,6 +85,42 @@ def test_bench_tiny_run(tmp_path, loader, request):
     assert d["figures"]["deliveries"] == d["parameters"]["subscribers"] == 190
 
 
+@pytest.mark.timeout(60)
+def test_floor_bench_tiny_run(tmp_path, sseload):
+    """bench/run.py --server floor: the C floor server, built, measured, stopped."""
+    out = tmp_path / "floor.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--server",
+            "floor",
+            "--scale",
+            "0.01",
+            "--loads",
+            "A,D",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("floor (bench/floor, minimal C epoll server)")
+
+    report = json.loads(out.read_text())
+    assert report["server"] == "floor"
+    a, d = report["loads"]
+    for load in (a, d):
+        assert load["figures"]["lost"] == 0, load["notes"]
+        assert load["figures"]["stop_reason"] == "complete", load["notes"]
+        assert load["server"]["log_problems"] == []
+    assert a["figures"]["deliveries"] == 200
+    assert d["figures"]["deliveries"] == 190
+
+
 @pytest.mark.timeout(120)
 def test_cluster_bench_tiny_run(tmp_path, sseload):
     """bench/cluster.py: load B standalone, with --redis, with --workers 2."""
