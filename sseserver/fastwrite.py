@@ -51,7 +51,8 @@ def holds_nothing(transport: Connection) -> bool:
 class DirectWriter:
     """Writes frames to a transport, straight to its socket when it can."""
 
-    __slots__ = ("transport", "_socket", "_direct", "_stopped")
+    # The first two are read for every delivery: keep them first (see Subscriber).
+    __slots__ = ("_direct", "_socket", "transport", "_stopped")
 
     def __init__(self, transport):
         self.transport = transport
