@@ -79,12 +79,20 @@ class Hub:
         replay; return the deliveries made.  In a cluster, every event read back
         from the stream comes here.
         """
-        reached = self.registry.match(event.target)
-        if self.ahead:
-            reached = self._behind(reached, event)
+        target = event.target
+        if target.exclude is None and not self.ahead:
+            # The lanes first: one of the others may join its lane as it is
+            # sent this event, and must not get it from the lane too.
+            lanes, reached = self.registry.routes(target)
+            count = sum([lane.send(event.chunk) for lane in lanes])
+        else:
+            reached = self.registry.match(target)
+            if self.ahead:
+                reached = self._behind(reached, event)
+            count = 0
         for subscriber in reached:
             subscriber.send(event)
-        count = len(reached)
+        count += len(reached)
         if count:
             self.deliveries += count
             self.bytes_sent += len(event.wire) * count

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sseserver.event import FINAL_CHUNK, HEARTBEAT, HEARTBEAT_CHUNK, Event
-from sseserver.fastwrite import DirectWriter
+from sseserver.fastwrite import DirectWriter, Lane
 from sseserver.flow import NO_CONGESTION
 from sseserver.grammar import Target
 
@@ -32,7 +32,10 @@ class Subscriber(DirectWriter):
     response is (the encoding is shared by all subscribers; see
     L{sseserver.event.Event.chunk}), instead of through C{Request.write}, which
     would re-frame every event for every subscriber; and straight to the socket
-    when Twisted holds nothing unsent for it (L{DirectWriter}).
+    when Twisted holds nothing unsent for it (L{DirectWriter}).  A chunked
+    subscriber of one channel over plain TCP has that channel's L{Lane}: while
+    it writes directly, the channel's events reach it through the lane, which
+    counts them for it.
 
     It is also the response's push producer: the transport pauses it when its
     buffer is full (the peer reads slower than events arrive).  Events keep being
@@ -44,9 +47,10 @@ class Subscriber(DirectWriter):
     # delivery: next to each other they share a cache line.
     __slots__ = (
         "chunked",
-        "messages",
+        "counted",
         "written",
         "paused",
+        "lane_start",
         "number",
         "channels",
         "all_channels",
@@ -89,7 +93,8 @@ class Subscriber(DirectWriter):
         self.ssl = ssl
         self.connected_at = connected_at
         self.handshaked_at = handshaked_at
-        self.messages = 0
+        self.counted = 0  # events sent, but those a lane sent
+        self.lane_start = 0
         self.errors = 0
         self.written = True  # the stream's opening line was just written
         self.paused = False
@@ -99,9 +104,22 @@ class Subscriber(DirectWriter):
         self.limit = max(0, max_buffer - getattr(transport, "bufferSize", 0))
 
     def send(self, event: Event) -> None:
-        self.messages += 1
+        self.counted += 1
         self.written = True
         self.write(event.chunk if self.chunked else event.wire)
+
+    @property
+    def messages(self) -> int:
+        """Events sent to this subscriber, through its lane or not."""
+        if self.lane is not None and self.direct:
+            return self.counted + self.lane.sent - self.lane_start
+        return self.counted
+
+    def lane_entered(self, sent: int) -> None:
+        self.lane_start = sent
+
+    def lane_left(self, sent: int) -> None:
+        self.counted += sent - self.lane_start
 
     def queue(self, frame: bytes) -> None:
         """Through Twisted's buffer; while paused, counted against the limit."""
@@ -110,8 +128,12 @@ class Subscriber(DirectWriter):
             self._held(len(frame))
 
     def heartbeat(self) -> None:
-        """Send a comment unless something was written since the last call."""
-        if not self.written:
+        """
+        Send a comment unless something was written since the last call (its
+        lane's L{Lane.written} is reset by the registry once all had theirs).
+        """
+        lane_wrote = self.lane is not None and self.direct and self.lane.written
+        if not (self.written or lane_wrote):
             self.write(HEARTBEAT_CHUNK if self.chunked else HEARTBEAT)
         self.written = False
 
@@ -178,13 +200,14 @@ class Registry:
     """
     Who is subscribed to what.  L{match} returns each subscriber at most once and
     touches only the subscribers it returns (plus, for C{prefix*} targets, the
-    channel names).
+    channel names); L{routes} returns the same as lanes and the others.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
         self.started_at = clock()
         self._by_channel: dict[str, set[Subscriber]] = {}
+        self._lanes: dict[str, Lane] = {}
         self._all_channels: set[Subscriber] = set()
         self._everyone: set[Subscriber] = set()
         #: Open connections on the SSE port(s), subscribers or not (C{allconncli}).
@@ -212,6 +235,12 @@ class Registry:
             self._all_channels.add(subscriber)
         for channel in subscriber.channels:
             self._by_channel.setdefault(channel, set()).add(subscriber)
+        if len(subscriber.channels) == 1 and subscriber.chunked:
+            (channel,) = subscriber.channels
+            lane = self._lanes.get(channel)
+            if lane is None:
+                lane = self._lanes[channel] = Lane()
+            subscriber.join_lane(lane)
         self.handshaked += 1
         self.max_subscribers = max(self.max_subscribers, len(self._everyone))
 
@@ -221,12 +250,14 @@ class Registry:
             return False
         self._everyone.discard(subscriber)
         self._all_channels.discard(subscriber)
+        subscriber.leave_lane()
         for channel in subscriber.channels:
             members = self._by_channel.get(channel)
             if members is not None:
                 members.discard(subscriber)
                 if not members:
                     del self._by_channel[channel]
+                    self._lanes.pop(channel, None)
         return True
 
     def count_channel(self, channel: str) -> int:
@@ -255,17 +286,54 @@ class Registry:
             (channel,) = target.channels
             reached = chain(self._by_channel.get(channel, ()), self._all_channels)
         else:
-            channels = set(target.channels)
-            for prefix in target.prefixes:
-                channels.update(c for c in self._by_channel if c.startswith(prefix))
             found: set[Subscriber] = set()
-            for channel in channels:
+            for channel in self._channels_named(target):
                 found.update(self._by_channel.get(channel, ()))
             reached = chain(found, self._all_channels)
         if target.exclude is not None:
             return [s for s in reached if s.client_id != target.exclude]
         return list(reached)
 
+    def routes(self, target: Target) -> tuple[list, list]:
+        """
+        What L{match} returns for a target without an exclusion, split in two:
+        the lanes (L{sseserver.fastwrite.Lane}) of the channels it names, and
+        the other subscribers it reaches, each once.  Only C-level set
+        operations see the lanes' members.
+        """
+        if target.everyone:
+            lanes = [lane for lane in self._lanes.values() if lane.members]
+            if not lanes:
+                return [], list(self._everyone)
+            if sum(map(len, lanes)) == len(self._everyone):
+                return lanes, []
+            others = self._everyone.difference(*(lane.members for lane in lanes))
+            return lanes, list(others)
+        lanes = []
+        found: set[Subscriber] = set()
+        for channel in self._channels_named(target):
+            members = self._by_channel.get(channel)
+            if not members:
+                continue
+            lane = self._lanes.get(channel)
+            if lane is None or not lane.members:
+                found.update(members)
+                continue
+            lanes.append(lane)
+            if len(lane.members) < len(members):
+                found.update(members.difference(lane.members))
+        return lanes, list(chain(found, self._all_channels))
+
+    def _channels_named(self, target: Target) -> Iterable[str]:
+        if not target.prefixes:
+            return set(target.channels)
+        channels = set(target.channels)
+        for prefix in target.prefixes:
+            channels.update(c for c in self._by_channel if c.startswith(prefix))
+        return channels
+
     def heartbeat(self) -> None:
         for subscriber in list(self._everyone):
             subscriber.heartbeat()
+        for lane in self._lanes.values():
+            lane.written = False

@@ -1,6 +1,7 @@
 """
 Unit tests for L{sseserver.fastwrite}: frames go straight to the socket only
-when Twisted holds nothing unsent, and always arrive whole and in order.
+when Twisted holds nothing unsent, and always arrive whole and in order, whether
+one writer sends them or a channel's lane.
 
 The transport is Twisted's real C{tcp.Connection} on a real loopback TCP
 connection; its reactor is a L{MemoryReactor}, so the test decides when Twisted
@@ -18,7 +19,12 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from sseserver.fastwrite import DirectWriter, holds_nothing, plain_socket
+from sseserver.event import Event
+from sseserver.fastwrite import DirectWriter, Lane, holds_nothing, plain_socket
+from sseserver.grammar import Target
+from sseserver.hub import Hub
+from sseserver.registry import Registry, Subscriber
+from sseserver.verbosity import Verbosity
 
 
 class Lost(Protocol):
@@ -148,3 +154,153 @@ def test_send_error_is_left_to_twisted(link):
         link.writer.write(b"x" * 100)
     assert not holds_nothing(link.transport)
     assert link.transport.doWrite() is not None  # Twisted reports the loss
+
+
+# Lanes: one channel's direct writers, sent to in one C-level loop.
+
+
+def chunk_of(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Channel:
+    """Subscribers of channel C{c} on real loopback links, with a hub."""
+
+    def __init__(self, count: int):
+        self.registry = Registry()
+        self.hub = Hub(self.registry, Verbosity.named("quiet"), history=0)
+        self.links = [Link() for _ in range(count)]
+        self.subs = []
+        for number, link in enumerate(self.links):
+            sub = Subscriber(number, ("c",), False, None, link.transport, True)
+            self.registry.add(sub)
+            self.subs.append(sub)
+
+    @property
+    def lane(self) -> Lane:
+        return self.registry._lanes["c"]
+
+    def publish(self, data: bytes) -> bytes:
+        """Deliver an event to C{c}; return its chunk."""
+        event = Event(
+            "1-0", Target(channels=frozenset({"c"})), "message", data.decode()
+        )
+        self.hub.deliver(event)
+        return event.chunk
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+
+@pytest.fixture
+def channel():
+    made = []
+
+    def make(count: int) -> Channel:
+        made.append(Channel(count))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def fill(link: Link) -> bytes:
+    """Fill the socket's buffers behind Twisted's back: what the peer will read."""
+    filler = []
+    while True:
+        try:
+            sent = link.transport.socket.send(b"." * 65536)
+        except BlockingIOError:
+            return b"".join(filler)
+        filler.append(b"." * sent)
+
+
+def test_lane_takes_writers_once_they_write_directly(channel):
+    ch = channel(3)
+    assert len(ch.lane) == 0  # the response heads are still Twisted's to send
+    first = ch.publish(b"one")  # each on its own: each goes direct
+    assert len(ch.lane) == 3
+    second = ch.publish(b"two")  # through the lane
+    assert ch.lane.sent == 1
+    for link, sub in zip(ch.links, ch.subs):
+        assert link.readable_now() == first + second
+        assert sub.messages == 2
+    assert ch.hub.deliveries == 6
+
+
+def test_lane_member_with_a_full_socket_falls_behind_alone(channel):
+    ch = channel(3)
+    ch.publish(b"warm up")
+    for link in ch.links:
+        link.readable_now()
+    slow_link, slow = ch.links[1], ch.subs[1]
+    filler = fill(slow_link)
+
+    frame = ch.publish(b"event")
+    assert not slow.direct and slow not in ch.lane.members
+    assert len(ch.lane) == 2
+    for link in (ch.links[0], ch.links[2]):
+        assert link.readable_now() == frame
+    later = ch.publish(b"later")  # behind the first, through Twisted
+    assert slow_link.receive(len(filler) + 2 * len(frame)) == filler + frame + later
+    assert [sub.messages for sub in ch.subs] == [3, 3, 3]
+
+    again = ch.publish(b"again")  # Twisted's buffer is empty: direct once more
+    assert slow.direct and slow in ch.lane.members
+    assert slow_link.readable_now() == again
+    assert slow.messages == 4
+
+
+def test_lane_partial_sends_go_on_through_twisted(channel):
+    ch = channel(2)
+    ch.publish(b"warm up")
+    for link in ch.links:
+        link.readable_now()
+    big = b"x" * (32 << 20)  # more than the socket buffers hold
+    frame = ch.publish(big)
+    assert len(ch.lane) == 0
+    tail = ch.publish(b"tail")
+    for link, sub in zip(ch.links, ch.subs):
+        assert link.receive(len(frame) + len(tail)) == frame + tail
+        assert sub.messages == 3
+
+
+def test_lane_member_whose_peer_reset_is_left_to_twisted(channel):
+    ch = channel(2)
+    ch.publish(b"warm up")
+    gone = ch.links[0]
+    gone.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    gone.peer.close()
+    for _ in range(3):  # the first send may still succeed before the RST is seen
+        ch.publish(b"x" * 100)
+    assert ch.subs[0] not in ch.lane.members
+    assert gone.transport.doWrite() is not None  # Twisted reports the loss
+    assert ch.subs[1] in ch.lane.members
+
+
+def test_stop_writing_and_removal_leave_the_lane(channel):
+    ch = channel(2)
+    ch.publish(b"warm up")
+    ch.subs[0].stop_writing()
+    assert list(ch.lane.members) == [ch.subs[1]]
+    lane = ch.lane
+    ch.registry.remove(ch.subs[1])
+    assert len(lane) == 0 and ch.subs[1].lane is None
+    ch.registry.remove(ch.subs[0])
+    assert ch.registry._lanes == {}
+    assert [sub.messages for sub in ch.subs] == [1, 1]
+
+
+def test_heartbeat_counts_lane_writes(channel):
+    ch = channel(2)
+    ch.publish(b"warm up")
+    ch.registry.heartbeat()  # both were written to
+    ch.publish(b"through the lane")
+    for link in ch.links:
+        link.readable_now()
+    ch.registry.heartbeat()
+    assert [link.readable_now() for link in ch.links] == [b"", b""]
+    ch.registry.heartbeat()
+    assert [link.readable_now() for link in ch.links] == [b"3\r\n:\n\n\r\n"] * 2

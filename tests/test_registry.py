@@ -6,6 +6,8 @@ Unit tests for L{sseserver.registry}: matching targets to subscribers (SPEC §4,
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sseserver.event import Event
 from sseserver.grammar import HASSES, Target, parse_target
@@ -400,3 +402,92 @@ class TestSlowSubscriber:
 
 
 MAX = 1048576
+
+
+class TestRoutes:
+    """
+    L{Registry.routes} is L{Registry.match} split into lanes and the others: the
+    same subscribers, each once, whoever writes directly (SPEC §4, §2.4).
+    """
+
+    CHANNELS = ("a", "b", "ab", "abc")
+
+    @staticmethod
+    def direct_capable(sub: Subscriber) -> Subscriber:
+        sub._socket = object()  # what plain_socket finds under a TCP transport
+        return sub
+
+    #: (channels held, all channels, chunked, plain TCP, writing directly)
+    KINDS = {
+        "lane member": lambda names: (names[:1], False, True, True, True),
+        "waiting": lambda names: (names[:1], False, True, True, False),
+        "several channels": lambda names: (names, False, True, True, True),
+        "all channels": lambda names: ((), True, True, True, True),
+        "HTTP/1.0": lambda names: (names[:1], False, False, True, True),
+        "TLS": lambda names: (names[:1], False, True, False, False),
+    }
+
+    @settings(max_examples=300)
+    @given(
+        subscribers=st.lists(
+            st.tuples(
+                st.sampled_from(sorted(KINDS)),
+                st.lists(
+                    st.sampled_from(CHANNELS), min_size=1, max_size=3, unique=True
+                ),
+            ),
+            max_size=10,
+        ),
+        targets=st.lists(
+            st.one_of(
+                st.sampled_from(CHANNELS + ("*", "", "nobody")),
+                st.sampled_from(("a*", "ab*", "x*")),
+                st.sets(st.sampled_from(CHANNELS), min_size=2).map(
+                    lambda names: Target(channels=frozenset(names))
+                ),
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+    )
+    def test_routes_reach_what_match_reaches(self, subscribers, targets):
+        registry = Registry()
+        for number, (kind, names) in enumerate(subscribers):
+            channels, everything, chunked, tcp, direct = self.KINDS[kind](names)
+            sub = Subscriber(
+                number, tuple(channels), everything, None, FakeTransport([]), chunked
+            )
+            if tcp:
+                self.direct_capable(sub)
+            registry.add(sub)
+            if tcp and direct:
+                sub._set_direct(True)
+        for target in targets:
+            if isinstance(target, str):
+                target = parse_target(target)
+            lanes, others = registry.routes(target)
+            routed = [sub for lane in lanes for sub in lane.members] + others
+            assert len(routed) == len(set(routed))
+            assert set(routed) == set(registry.match(target))
+            for lane in lanes:
+                assert all(sub.direct and sub.lane is lane for sub in lane.members)
+
+    def test_only_chunked_single_channel_tcp_subscribers_have_a_lane(self):
+        registry = Registry()
+        subs = [
+            Subscriber(1, ("a",), False, None, FakeTransport([]), True),
+            Subscriber(2, ("a",), False, None, FakeTransport([]), False),
+            Subscriber(3, ("a", "b"), False, None, FakeTransport([]), True),
+            Subscriber(4, (), True, None, FakeTransport([]), True),
+            Subscriber(5, ("a",), False, None, FakeTransport([]), True),
+        ]
+        for sub in subs[:4]:
+            registry.add(self.direct_capable(sub))
+        registry.add(subs[4])  # no socket: a TLS or test transport
+        assert [sub.lane is not None for sub in subs] == [
+            True,
+            False,
+            False,
+            False,
+            False,
+        ]
