@@ -1,13 +1,14 @@
 """
-Cluster benchmark (the scale-out issue): load B of C{bench/run.py} on
+Cluster benchmark (the scale-out issue): load B (or D) of C{bench/run.py} on
 
     standalone   one process, no Redis
     redis        one process with --redis
     workers 2    --redis --workers 2 (a parent and two workers)
 
-    python bench/cluster.py [--runs 3] [--scale 1.0] [--json out.json]
+    python bench/cluster.py [--runs 3] [--scale 1.0] [--load B|D] [--json out.json]
 
-It prints deliveries/s, p50/p99 latency and lost events (from sseload), and the
+It prints deliveries/s, p50/p99 latency, lost events and the time to the last
+delivery (from sseload), and the
 CPU of the whole server (the parent and its workers) and of redis-server during
 the publish window, per delivery and per event; the cost Redis adds per event
 is the difference with standalone.  A private redis-server runs on a free
@@ -142,7 +143,7 @@ def start_redis(workdir: Path) -> tuple:
 
 
 def one_run(config: str, p, loader, twistd: str, redis: tuple, workdir: Path):
-    """One load B run of one configuration; C{redis} is (process, port)."""
+    """One run of one configuration; C{redis} is (process, port)."""
     workdir.mkdir(parents=True, exist_ok=True)
     server_pin, loader_pin, _ = run.pinning()
     extra: list = []
@@ -179,6 +180,7 @@ def one_run(config: str, p, loader, twistd: str, redis: tuple, workdir: Path):
         "p50_ms": values["p50_ms"],
         "p99_ms": values["p99_ms"],
         "lost": values["lost"],
+        "last_delivery_ms": values["last_delivery_ms"],
         "server_cpu_s": round(server_cpu, 2),
         "redis_cpu_s": round(redis_cpu, 2),
         "cpu_us_per_delivery": round(1e6 * (server_cpu + redis_cpu) / deliveries, 2)
@@ -228,6 +230,7 @@ COLUMNS = (
     ("p50 ms", "p50_ms", "{:.2f}"),
     ("p99 ms", "p99_ms", "{:.2f}"),
     ("lost", "lost", "{:,.0f}"),
+    ("last deliv ms", "last_delivery_ms", "{:,.1f}"),
     ("server CPU s", "server_cpu_s", "{:.2f}"),
     ("redis CPU s", "redis_cpu_s", "{:.2f}"),
     ("µs/deliv (all)", "cpu_us_per_delivery", "{:.2f}"),
@@ -264,6 +267,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sseload", type=Path, default=run.DEFAULT_SSELOAD)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument(
+        "--load",
+        choices=("B", "D"),
+        default="B",
+        help="B: wide fan-out (default); D: one broadcast to 19,000",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=None,
@@ -272,7 +281,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",")]
     loader = run.find_loader("auto", args.sseload)
-    load = run.LOADS["B"]
+    load = run.LOADS[args.load]
     if args.rate is not None:
         load = dataclasses.replace(load, rate=args.rate)
     p = run.plan(load, args.scale, run.max_connections(), run.port_budget())
@@ -299,7 +308,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workroot, ignore_errors=True)
     rows = summary(results)
     print(
-        f"load B at scale {args.scale}: {p.subscribers:,} subscribers, "
+        f"load {args.load} at scale {args.scale}: {p.subscribers:,} subscribers, "
         f"{p.messages:,} messages at {p.load.rate:.0f}/s; loader {loader.kind}; "
         f"median of {args.runs} run(s)"
     )

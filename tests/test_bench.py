@@ -154,3 +154,37 @@ def test_cluster_bench_tiny_run(tmp_path, sseload):
         "workers 2",
     ]
     assert "Redis adds ms/event" in run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_cluster_bench_burst(tmp_path, sseload):
+    """bench/cluster.py --load D: one broadcast, with the time to its last delivery."""
+    out = tmp_path / "cluster.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cluster.py"),
+            "--runs",
+            "1",
+            "--scale",
+            "0.01",
+            "--load",
+            "D",
+            "--configs",
+            "standalone,workers 2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("load D at scale 0.01: 190 subscribers")
+    report = json.loads(out.read_text())
+    assert [r["config"] for r in report["runs"]] == ["standalone", "workers 2"]
+    for result in report["runs"]:
+        assert result["lost"] == 0, result
+        assert result["last_delivery_ms"] > 0, result
+        assert result["log_problems"] == [], result
