@@ -86,6 +86,39 @@ def test_bench_tiny_run(tmp_path, loader, request):
 
 
 @pytest.mark.timeout(60)
+def test_bench_runs_each_load_several_times(tmp_path, sseload):
+    """--runs 2: each load twice, the table shows medians, each run is kept."""
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--scale",
+            "0.01",
+            "--loads",
+            "D",
+            "--runs",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    (load,) = json.loads(out.read_text())["loads"]
+    assert len(load["runs"]) == 2
+    assert [r["deliveries"] for r in load["runs"]] == [190, 190]
+    assert load["figures"]["deliveries"] == 190
+    assert load["figures"]["lost"] == 0
+    assert "D: medians of 2 runs; last deliv ms, lost, not_streaming in each run: " in (
+        run.stdout
+    )
+
+
+@pytest.mark.timeout(60)
 def test_floor_bench_tiny_run(tmp_path, sseload):
     """bench/run.py --server floor: the C floor server, built, measured, stopped."""
     out = tmp_path / "floor.json"
