@@ -11,9 +11,12 @@ the fan-out path that is most of the server's CPU.
 A L{DirectWriter} remembers whether Twisted holds nothing unsent for its
 transport.  It learns that Twisted holds something when a C{send} takes only part
 or fails, and then writes through C{transport.write} (ordering, flow control and
-error handling stay Twisted's) until Twisted's buffer is empty again.  Closing
-goes through L{DirectWriter.stop_writing}: a closing connection gets nothing
-more.
+error handling stay Twisted's) until Twisted's buffer is empty again.  As the
+transport's producer it asks to be told when that is: Twisted calls a paused
+producer's C{resumeProducing} once it has sent everything, so the writer marks
+itself paused (C{producerPaused}) whenever it leaves bytes to Twisted, the
+response head included.  Closing goes through L{DirectWriter.stop_writing}: a
+closing connection gets nothing more.
 
 A L{Lane} holds the direct writers of one channel that hold only that channel:
 an event to the channel goes to all of them in one loop that runs in C
@@ -90,11 +93,24 @@ class DirectWriter:
                 self.fell_behind(frame[sent:])
         elif self._stopped:
             return
-        elif self._socket is not None and holds_nothing(self.transport):
-            self._set_direct(True)
+        elif self.promote():
             self.write(frame)
         else:
             self.queue(frame)
+
+    def promote(self) -> bool:
+        """
+        Write directly from now on if Twisted holds nothing unsent; if it holds
+        something, ask it to call C{resumeProducing} once it has sent that.
+        Return whether writes are direct.
+        """
+        if self._direct or self._stopped or self._socket is None:
+            return self._direct
+        if holds_nothing(self.transport):
+            self._set_direct(True)
+        else:
+            self.transport.producerPaused = True
+        return self._direct
 
     def fell_behind(self, rest: bytes) -> None:
         """
@@ -103,6 +119,8 @@ class DirectWriter:
         """
         self._set_direct(False)
         self.queue(rest)
+        if self._socket is not None:
+            self.transport.producerPaused = True  # see promote()
 
     def queue(self, frame: bytes) -> None:
         """Hand bytes to Twisted, which sends them when the socket has room."""

@@ -178,7 +178,9 @@ class Subscriber(DirectWriter):
         self._set_paused(True)
 
     def resumeProducing(self) -> None:
+        """Twisted has room again, or has sent all it held (see L{promote})."""
         self._set_paused(False)
+        self.promote()
 
     def stopProducing(self) -> None:
         self.stop_writing()

@@ -68,5 +68,6 @@ def hand_over(channel, stream: Stream) -> None:
     channel.setTimeout(None)  # heartbeats and keepalives watch the stream now
     transport.unregisterProducer()
     transport.registerProducer(stream.subscriber, True)
+    stream.subscriber.promote()  # direct writes once the response head is sent
     set_protocol(transport, stream)
     channel.requests = []  # let the request go

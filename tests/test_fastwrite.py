@@ -163,18 +163,36 @@ def chunk_of(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class Channel:
-    """Subscribers of channel C{c} on real loopback links, with a hub."""
+HEAD = b"HTTP/1.1 200 OK\r\n\r\n5\r\n:ok\n\n\r\n"
 
-    def __init__(self, count: int):
+
+class Channel:
+    """
+    Subscribers of channel C{c} on real loopback links, with a hub; each stream
+    opened as web.py and stream.py do it: the response head written through
+    Twisted, the subscriber made the transport's producer.
+    """
+
+    def __init__(self, count: int, max_buffer: int = 1 << 20):
         self.registry = Registry()
         self.hub = Hub(self.registry, Verbosity.named("quiet"), history=0)
         self.links = [Link() for _ in range(count)]
         self.subs = []
         for number, link in enumerate(self.links):
-            sub = Subscriber(number, ("c",), False, None, link.transport, True)
+            link.transport.write(HEAD)
+            sub = Subscriber(
+                number, ("c",), False, None, link.transport, True, max_buffer=max_buffer
+            )
             self.registry.add(sub)
+            link.transport.registerProducer(sub, True)
+            sub.promote()
             self.subs.append(sub)
+
+    def open(self) -> None:
+        """Let Twisted send the response heads."""
+        for link in self.links:
+            link.flush()
+            assert link.readable_now() == HEAD
 
     @property
     def lane(self) -> Lane:
@@ -197,8 +215,8 @@ class Channel:
 def channel():
     made = []
 
-    def make(count: int) -> Channel:
-        made.append(Channel(count))
+    def make(count: int, **options) -> Channel:
+        made.append(Channel(count, **options))
         return made[-1]
 
     yield make
@@ -217,24 +235,35 @@ def fill(link: Link) -> bytes:
         filler.append(b"." * sent)
 
 
-def test_lane_takes_writers_once_they_write_directly(channel):
+def test_lane_takes_writers_once_twisted_sent_their_heads(channel):
     ch = channel(3)
     assert len(ch.lane) == 0  # the response heads are still Twisted's to send
-    first = ch.publish(b"one")  # each on its own: each goes direct
+    assert all(link.transport.producerPaused for link in ch.links)
+    ch.open()  # Twisted tells each producer it sent everything
     assert len(ch.lane) == 3
-    second = ch.publish(b"two")  # through the lane
-    assert ch.lane.sent == 1
+    first = ch.publish(b"one")
+    second = ch.publish(b"two")
+    assert ch.lane.sent == 2
     for link, sub in zip(ch.links, ch.subs):
         assert link.readable_now() == first + second
         assert sub.messages == 2
     assert ch.hub.deliveries == 6
 
 
+def test_event_before_the_head_is_sent_goes_behind_it(channel):
+    ch = channel(2)
+    first = ch.publish(b"early")  # each subscriber on its own, through Twisted
+    assert len(ch.lane) == 0
+    assert ch.subs[0].messages == 1
+    for link in ch.links:
+        link.flush()
+        assert link.readable_now() == HEAD + first
+    assert len(ch.lane) == 2
+
+
 def test_lane_member_with_a_full_socket_falls_behind_alone(channel):
     ch = channel(3)
-    ch.publish(b"warm up")
-    for link in ch.links:
-        link.readable_now()
+    ch.open()
     slow_link, slow = ch.links[1], ch.subs[1]
     filler = fill(slow_link)
 
@@ -245,31 +274,32 @@ def test_lane_member_with_a_full_socket_falls_behind_alone(channel):
         assert link.readable_now() == frame
     later = ch.publish(b"later")  # behind the first, through Twisted
     assert slow_link.receive(len(filler) + 2 * len(frame)) == filler + frame + later
-    assert [sub.messages for sub in ch.subs] == [3, 3, 3]
-
-    again = ch.publish(b"again")  # Twisted's buffer is empty: direct once more
+    assert [sub.messages for sub in ch.subs] == [2, 2, 2]
+    # Twisted has sent all it held, and said so: direct, in the lane again.
     assert slow.direct and slow in ch.lane.members
+
+    again = ch.publish(b"again")
     assert slow_link.readable_now() == again
-    assert slow.messages == 4
+    assert slow.messages == 3
 
 
 def test_lane_partial_sends_go_on_through_twisted(channel):
-    ch = channel(2)
-    ch.publish(b"warm up")
-    for link in ch.links:
-        link.readable_now()
+    ch = channel(2, max_buffer=64 << 20)  # room for the big frame in Twisted
+    ch.open()
     big = b"x" * (32 << 20)  # more than the socket buffers hold
     frame = ch.publish(big)
     assert len(ch.lane) == 0
     tail = ch.publish(b"tail")
     for link, sub in zip(ch.links, ch.subs):
         assert link.receive(len(frame) + len(tail)) == frame + tail
-        assert sub.messages == 3
+        assert sub.messages == 2
+        assert sub in ch.lane.members
+        assert not sub.paused and not sub.errors
 
 
 def test_lane_member_whose_peer_reset_is_left_to_twisted(channel):
     ch = channel(2)
-    ch.publish(b"warm up")
+    ch.open()
     gone = ch.links[0]
     gone.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
     gone.peer.close()
@@ -282,7 +312,8 @@ def test_lane_member_whose_peer_reset_is_left_to_twisted(channel):
 
 def test_stop_writing_and_removal_leave_the_lane(channel):
     ch = channel(2)
-    ch.publish(b"warm up")
+    ch.open()
+    ch.publish(b"one")
     ch.subs[0].stop_writing()
     assert list(ch.lane.members) == [ch.subs[1]]
     lane = ch.lane
@@ -295,8 +326,8 @@ def test_stop_writing_and_removal_leave_the_lane(channel):
 
 def test_heartbeat_counts_lane_writes(channel):
     ch = channel(2)
-    ch.publish(b"warm up")
-    ch.registry.heartbeat()  # both were written to
+    ch.open()
+    ch.registry.heartbeat()  # both were written to (the opening line)
     ch.publish(b"through the lane")
     for link in ch.links:
         link.readable_now()
