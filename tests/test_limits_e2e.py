@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 
+import httpx
 from conftest import END, TIMEOUT, ControlClient, Stream, assert_events, expect
 
 
@@ -138,6 +139,45 @@ def test_slow_subscriber_is_dropped_at_the_cap_and_others_get_everything(start_s
     )
     assert server.command(b"tcpnumberofclients") == {"numberofclients": 1}
     slow.close()
+
+
+def test_subscriber_that_falls_behind_catches_up_in_order(start_server):
+    """
+    A subscriber that stops reading falls behind the others of its channel: its
+    socket fills (the kernel takes about 4 MB), its events wait in the server's
+    buffer (under a raised cap), and when it reads again it gets every event whole
+    and in order, then goes on in step.  The per-subscriber counts stay exact.
+    """
+    server = start_server(
+        "--admin", "tcp:0:interface=127.0.0.1", "--max-client-buffer", "16777216"
+    )
+    lagging = Stream(server.port, "/sse/room", rcvbuf=4096)
+    steady = Stream(server.port, "/sse/room")
+    payload = b"p" * 1024
+
+    def publish(numbers) -> None:
+        with ControlClient(server.control_port) as client:
+            client.send(b"".join(b"room=%d %s\n" % (n, payload) for n in numbers))
+
+    def last(n: int):
+        return lambda body: body.endswith(b"data: %d %s\n\n" % (n, payload))
+
+    publish(range(6000))  # 6 MB: more than the lagging socket holds
+    steady.read_until(last(5999))
+    lagging.read_until(last(5999))
+    publish(range(6000, 6010))
+    for stream in (steady, lagging):
+        stream.read_until(last(6009))
+        expected = [(b"%d %s" % (n, payload), None) for n in range(6010)]
+        assert_events(stream.data_events(), expected)
+
+    clients = httpx.get(
+        f"http://127.0.0.1:{server.admin_port}/clients", timeout=TIMEOUT
+    ).json()["clients"]
+    assert [(c["channels"], c["messages"]) for c in clients] == [
+        (["room"], 6010),
+        (["room"], 6010),
+    ]
 
 
 def test_slow_consumer_at_scale_keeps_memory_bounded(start_server, sseload):
