@@ -286,11 +286,14 @@ class Stream:
         request: bytes | None = None,
         rcvbuf: int | None = None,
     ):
-        self.sock = socket.socket()
-        if rcvbuf is not None:  # before connecting: it sets the advertised window
+        if rcvbuf is None:
+            self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+        else:  # set before connecting: it sets the advertised window
+            self.sock = socket.socket()
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(TIMEOUT)
+            self.sock.connect(("127.0.0.1", port))
         self.sock.settimeout(TIMEOUT)
-        self.sock.connect(("127.0.0.1", port))
         if request is None:
             lines = [f"{method} {target} {version}", "Host: 127.0.0.1"]
             lines += [f"{k}: {v}" for k, v in (headers or {}).items()]

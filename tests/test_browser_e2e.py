@@ -201,7 +201,8 @@ def test_demo_page_receives_control_and_fifo_events(start_server, browser, tmp_p
     server = start_server("--fifo", str(fifo), "--retry", "300")
     origin = f"http://127.0.0.1:{server.port}"
     browser.get(origin + "/")
-    assert browser.eval("document.title") == "sseserver demo"
+    # the first page of a fresh Chromium once read as "" right after get()
+    assert browser.wait("document.title") == "sseserver demo"
     connected(browser, "demo")
     browser.eval(LISTEN % TYPES)
     # A raw subscriber of the same channel sees the same events, with the same ids.
