@@ -43,8 +43,8 @@ class Subscriber(DirectWriter):
     dropped, so that memory stays bounded and nobody else waits for it.
     """
 
-    # The fan-out reads these first four (after DirectWriter's) for every
-    # delivery: next to each other they share a cache line.
+    # A delivery outside a lane reads the first three (after DirectWriter's):
+    # next to each other they share a cache line.
     __slots__ = (
         "chunked",
         "counted",

@@ -16,6 +16,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def bench(script: str, *args, timeout: float) -> subprocess.CompletedProcess:
+    """Run bench/<script>.py from this checkout with C{args}; its output, as text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 FIGURES = {
     "subscribers",
     "not_streaming",
@@ -39,23 +51,17 @@ def test_bench_tiny_run(tmp_path, loader, request):
     if loader == "sseload":
         request.getfixturevalue("sseload")  # builds it when missing
     out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--scale",
-            "0.01",
-            "--loads",
-            "A,D",
-            "--loader",
-            loader,
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    run = bench(
+        "run",
+        "--scale",
+        "0.01",
+        "--loads",
+        "A,D",
+        "--loader",
+        loader,
+        "--json",
+        str(out),
         timeout=50,
-        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert "A many messages" in run.stdout and "D burst" in run.stdout, run.stdout
@@ -89,23 +95,17 @@ def test_bench_tiny_run(tmp_path, loader, request):
 def test_bench_runs_each_load_several_times(tmp_path, sseload):
     """--runs 2: each load twice, the table shows medians, each run is kept."""
     out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--scale",
-            "0.01",
-            "--loads",
-            "D",
-            "--runs",
-            "2",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    run = bench(
+        "run",
+        "--scale",
+        "0.01",
+        "--loads",
+        "D",
+        "--runs",
+        "2",
+        "--json",
+        str(out),
         timeout=50,
-        check=False,
     )
     assert run.returncode == 0, run.stderr
     (load,) = json.loads(out.read_text())["loads"]
@@ -122,23 +122,17 @@ def test_bench_runs_each_load_several_times(tmp_path, sseload):
 def test_floor_bench_tiny_run(tmp_path, sseload):
     """bench/run.py --server floor: the C floor server, built, measured, stopped."""
     out = tmp_path / "floor.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--server",
-            "floor",
-            "--scale",
-            "0.01",
-            "--loads",
-            "A,D",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    run = bench(
+        "run",
+        "--server",
+        "floor",
+        "--scale",
+        "0.01",
+        "--loads",
+        "A,D",
+        "--json",
+        str(out),
         timeout=50,
-        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("floor (bench/floor, minimal C epoll server)")
@@ -158,21 +152,8 @@ def test_floor_bench_tiny_run(tmp_path, sseload):
 def test_cluster_bench_tiny_run(tmp_path, sseload):
     """bench/cluster.py: load B standalone, with --redis, with --workers 2."""
     out = tmp_path / "cluster.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "cluster.py"),
-            "--runs",
-            "1",
-            "--scale",
-            "0.01",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    run = bench(
+        "cluster", "--runs", "1", "--scale", "0.01", "--json", str(out), timeout=110
     )
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
@@ -193,25 +174,19 @@ def test_cluster_bench_tiny_run(tmp_path, sseload):
 def test_cluster_bench_burst(tmp_path, sseload):
     """bench/cluster.py --load D: one broadcast, with the time to its last delivery."""
     out = tmp_path / "cluster.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "cluster.py"),
-            "--runs",
-            "1",
-            "--scale",
-            "0.01",
-            "--load",
-            "D",
-            "--configs",
-            "standalone,workers 2",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    run = bench(
+        "cluster",
+        "--runs",
+        "1",
+        "--scale",
+        "0.01",
+        "--load",
+        "D",
+        "--configs",
+        "standalone,workers 2",
+        "--json",
+        str(out),
         timeout=110,
-        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("load D at scale 0.01: 190 subscribers")
